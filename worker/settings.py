@@ -1,12 +1,42 @@
 """The worker's configuration: one typed, validated settings object.
 
-The YAML file of CONTRACT section 6 is the source; every value can be
-overridden by an environment variable (see docs/configuration.md).
+Sources, later ones winning: the YAML file of CONTRACT section 6, then
+environment variables named ``KD_`` + the key path in capitals joined by
+``__``, list items by index: ``KD_KAFKA__BOOTSTRAP_SERVERS``,
+``KD_DESTINATIONS__0__STREAM``, ``KD_DESTINATIONS__0__AUTH__SECRET_ACCESS_KEY``.
+Values from the environment are parsed as YAML scalars or flow lists
+(``KD_DESTINATIONS__0__PARTITION_KEY_NAMESPACES='[ecid, email]'``).
+
+pydantic-settings' own environment source cannot address list items by index,
+and destinations are a list; so the two sources are merged here and the result
+validated by pydantic. docs/configuration.md lists every key.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "KD_"
+_XDM_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
 
 
 class _Strict(BaseModel):
@@ -17,10 +47,10 @@ class _Strict(BaseModel):
 class SegmentSettings(_Strict):
     id: str = Field(min_length=1)
     name: str | None = None
-    created_at: int | None = None
-    updated_at: int | None = None
-    mapping_created_at: int | None = None
-    mapping_updated_at: int | None = None
+    created_at: int | None = Field(default=None, ge=0)
+    updated_at: int | None = Field(default=None, ge=0)
+    mapping_created_at: int | None = Field(default=None, ge=0)
+    mapping_updated_at: int | None = Field(default=None, ge=0)
 
 
 class AuthSettings(_Strict):
@@ -30,19 +60,58 @@ class AuthSettings(_Strict):
     role_arn: str | None = None
     external_id: str | None = None
 
+    @model_validator(mode="after")
+    def _keys_come_in_pairs(self) -> Self:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            missing = "secret_access_key" if self.secret_access_key is None else "access_key_id"
+            raise ValueError(f"{missing} is required when the other access key field is set")
+        if self.external_id is not None and self.role_arn is None:
+            raise ValueError("external_id needs role_arn")
+        return self
+
 
 class DestinationSettings(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
-    stream: str = Field(min_length=1)
-    region: str = Field(min_length=1)
-    endpoint_url: str | None = None
+    stream: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.\-]+$")
+    region: str = Field(min_length=1, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
     auth: AuthSettings | None = None
     include_segment_names: bool = False
     include_segment_timestamps: bool = False
     partition_key_namespaces: list[str] = Field(default_factory=list)
     segments: list[SegmentSettings] = Field(min_length=1)
     attributes: list[str] = Field(default_factory=list)
+
+    @field_validator("partition_key_namespaces")
+    @classmethod
+    def _namespaces_are_distinct_names(cls, value: list[str]) -> list[str]:
+        for namespace in value:
+            if not namespace.strip():
+                raise ValueError("namespaces must be non-empty names")
+        if len(set(value)) != len(value):
+            raise ValueError("namespaces must not repeat")
+        return value
+
+    @field_validator("segments")
+    @classmethod
+    def _segments_are_distinct(cls, value: list[SegmentSettings]) -> list[SegmentSettings]:
+        ids = [segment.id for segment in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a segment id is mapped twice")
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes_are_xdm_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not _XDM_PATH.match(path):
+                raise ValueError(f"{path!r} is not a dotted XDM path such as person.name.lastName")
+            if path.split(".")[0] in ("segmentMembership", "identityMap"):
+                raise ValueError(f"{path!r} clashes with a field the record always has")
+        if len(set(value)) != len(value):
+            raise ValueError("an attribute is selected twice")
+        return value
 
 
 class KafkaSettings(_Strict):
@@ -52,7 +121,115 @@ class KafkaSettings(_Strict):
     dlq_topic: str = "kinesis-destination-dlq"
 
 
+class RuntimeSettings(_Strict):
+    """How the worker runs; not part of the destination's definition."""
+
+    store: Literal["memory://", "rocksdb://"] = "memory://"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    web_host: str = "0.0.0.0"
+    data_dir: Path = Path("kd-data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Events taken from Kafka per batch, and the longest wait to fill one.
+    batch_max_events: int = Field(default=2000, ge=1, le=100_000)
+    batch_linger_ms: int = Field(default=100, ge=1, le=60_000)
+    # Faust commits acknowledged offsets this often.
+    commit_interval_ms: int = Field(default=1000, ge=10)
+
+
 class Settings(_Strict):
-    app_id: str = "kinesis-destination"
+    app_id: str = Field(default="kinesis-destination", min_length=1, pattern=r"^[a-zA-Z0-9._\-]+$")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     destinations: list[DestinationSettings] = Field(min_length=1)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    @field_validator("destinations")
+    @classmethod
+    def _destination_names_are_distinct(
+        cls, value: list[DestinationSettings]
+    ) -> list[DestinationSettings]:
+        names = [destination.name for destination in value]
+        if len(set(names)) != len(names):
+            raise ValueError("destination names must be distinct")
+        return value
+
+    def mapped_segments(self) -> frozenset[str]:
+        return frozenset(s.id for d in self.destinations for s in d.segments)
+
+
+def load_settings(
+    path: Path | str | None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Reads, merges and validates the configuration; raises ConfigError naming the key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    for keys, value in _environment_overrides(os.environ if environ is None else environ):
+        _set_path(data, keys, value)
+    for dotted, override in overrides.items():
+        if override is not None:
+            _set_path(data, dotted.split("."), override)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[list[str], Any]]:
+    found = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        found.append((keys, value))
+    return found
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    where: Any = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(where, list):
+            if not key.isdigit():
+                raise ConfigError(f"{'.'.join(keys)}: {key!r} must be a list index")
+            index = int(key)
+            if index > len(where):
+                raise ConfigError(f"{'.'.join(keys)}: index {index} skips list items")
+            if index == len(where):
+                where.append(value if last else {})
+            elif last:
+                where[index] = value
+            where = where[index]
+        else:
+            if last:
+                where[key] = value
+            else:
+                child = where.get(key)
+                if not isinstance(child, dict | list):
+                    child = [] if keys[depth + 1].isdigit() else {}
+                    where[key] = child
+                where = child
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{key}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -44,9 +44,12 @@ resolve_kafka() {
   say "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS (once)"
   local tmp=$KAFKA_LIBS.partial
   rm -rf "$tmp"; mkdir -p "$tmp"
-  timeout 900 mvn -B -q -Dstyle.color=never -f "$here/kafka-pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$tmp" \
-    || die "mvn could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (see the output above)"
+  mkdir -p "$STACK_DIR"
+  if ! timeout 900 mvn -B -q -f "$here/kafka-pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" > "$STACK_DIR/mvn.log" 2>&1; then
+    tail -n 30 "$STACK_DIR/mvn.log" >&2
+    die "mvn could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (full log: $STACK_DIR/mvn.log)"
+  fi
   ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn finished but no kafka_2.13 jar in $tmp"
   touch "$tmp/.complete"
   rm -rf "$KAFKA_LIBS"; mv "$tmp" "$KAFKA_LIBS"
