@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from worker.settings import ConfigError, Settings, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +32,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        args.config,
+        overrides={
+            "runtime.web_port": getattr(args, "web_port", None),
+            "runtime.data_dir": str(args.data_dir) if getattr(args, "data_dir", None) else None,
+        },
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(f"'{args.command}' is not yet available", file=sys.stderr)
-    return 2
+    try:
+        settings = _load(args)
+        if args.command == "check":
+            from worker.check import check
+
+            return asyncio.run(check(settings))
+        from worker.app import run
+
+        return run(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -157,7 +157,9 @@ class Settings(_Strict):
 
 
 def load_settings(
-    path: Path | str | None, environ: Mapping[str, str] | None = None, **overrides: Any
+    path: Path | str | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Reads, merges and validates the configuration; raises ConfigError naming the key."""
     data: dict[str, Any] = {}
@@ -173,7 +175,7 @@ def load_settings(
         data = loaded or {}
     for keys, value in _environment_overrides(os.environ if environ is None else environ):
         _set_path(data, keys, value)
-    for dotted, override in overrides.items():
+    for dotted, override in (overrides or {}).items():
         if override is not None:
             _set_path(data, dotted.split("."), override)
     try:

@@ -1,0 +1,288 @@
+"""The Faust application: topics, tables, the agent, and the worker's web port.
+
+Faust carries consumption, offsets, rebalancing and table changelogs; the
+decisions are in :mod:`worker.pipeline`, which this module feeds one batch at a
+time. Both input topics go to ONE agent (concurrency 1): events of a profile
+are then handled in their order, and only that agent writes the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.streams import _current_event  # the only way to choose a table partition
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from worker import metrics
+from worker.kinesis import AioBotoTransport, KinesisWriter, TransportError
+from worker.pipeline import BatchProcessor, Destination, InputMessage
+from worker.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _event_scope(event: Any) -> Iterator[None]:
+    """Makes ``event`` Faust's current event while tables are touched.
+
+    Faust picks a table's changelog partition (and RocksDB's partition store)
+    from the current event. Tables here are written after a whole batch, so
+    each key is written in the scope of the last event that touched it:
+    same profile id, same partition number.
+    """
+    token = _current_event.set(weakref.ref(event) if event is not None else None)
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class FaustTables:
+    """The pipeline's StateTables on two Faust tables keyed by profile id."""
+
+    def __init__(self, profiles: Any, memberships: Any) -> None:
+        self.profiles = profiles
+        self.memberships = memberships
+
+    def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
+        with _event_scope(scope):
+            value: dict[str, Any] | None = self.profiles.get(profile_id)
+            return value
+
+    def get_memberships(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
+        with _event_scope(scope):
+            value: dict[str, Any] | None = self.memberships.get(profile_id)
+            return value
+
+    def put_profile(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
+        self._put(self.profiles, profile_id, value, scope)
+
+    def put_memberships(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
+        self._put(self.memberships, profile_id, value, scope)
+
+    @staticmethod
+    def _put(table: Any, key: str, value: dict[str, Any] | None, scope: Any) -> None:
+        with _event_scope(scope):
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+
+class DeadLetterTopic:
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self._app = app
+        self._topic = topic
+
+    async def send(self, key: bytes | None, value: bytes) -> None:
+        await self._app.producer.send_and_wait(self._topic, key, value, None, None, None)
+
+
+@dataclass(frozen=True)
+class TopicLayout:
+    partitions: int
+
+
+async def preflight(settings: Settings) -> TopicLayout:
+    """Checks the input topics exist and are co-partitioned; creates the dead-letter topic."""
+    kafka = settings.kafka
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=15_000
+    )
+    try:
+        await asyncio.wait_for(admin.start(), 30)
+    except Exception as exc:
+        raise ConfigError(
+            f"kafka.bootstrap_servers: cannot reach Kafka at {kafka.bootstrap_servers} ({exc!r})"
+        ) from None
+    try:
+        described = await admin.describe_topics([kafka.qualifications_topic, kafka.profiles_topic])
+        counts: dict[str, int] = {}
+        for entry in described:
+            if entry["error_code"] != 0 or not entry["partitions"]:
+                key = (
+                    "kafka.qualifications_topic"
+                    if entry["topic"] == kafka.qualifications_topic
+                    else "kafka.profiles_topic"
+                )
+                raise ConfigError(f"{key}: topic {entry['topic']!r} does not exist")
+            counts[entry["topic"]] = len(entry["partitions"])
+        q, p = counts[kafka.qualifications_topic], counts[kafka.profiles_topic]
+        if q != p:
+            raise ConfigError(
+                f"kafka.profiles_topic: {kafka.profiles_topic!r} has {p} partitions but "
+                f"{kafka.qualifications_topic!r} has {q}; co-partitioned topics need the same count"
+            )
+        existing = await admin.list_topics()
+        if kafka.dlq_topic not in existing:
+            await admin.create_topics([NewTopic(kafka.dlq_topic, q, 1)])
+            log.info("created dead-letter topic %s", kafka.dlq_topic)
+        return TopicLayout(partitions=q)
+    finally:
+        await admin.close()
+
+
+class WebServer(Service):
+    """/metrics, /healthz and /readyz; up from start-up, before table recovery."""
+
+    def __init__(
+        self, app: faust.App, host: str, port: int, writers: Sequence[KinesisWriter]
+    ) -> None:
+        super().__init__()
+        self.app = app
+        self.host = host
+        self.port = port
+        self.writers = writers
+        self._runner: web.AppRunner | None = None
+
+    def ready(self) -> tuple[bool, str]:
+        tables: Any = self.app.tables
+        if not tables.recovery.completed.is_set() or self.app.rebalancing:
+            return False, "tables recovering"
+        for writer in self.writers:
+            if not writer.writable:
+                return False, f"stream {writer.stream} not writable"
+        return True, "ready"
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        ok, _ = self.ready()
+        metrics.READY.set(1 if ok else 0)
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok, why = self.ready()
+        return web.json_response({"ready": ok, "detail": why}, status=200 if ok else 503)
+
+    async def on_start(self) -> None:
+        for writer in self.writers:
+            await writer.start()  # reads each stream's record size limit
+        application = web.Application()
+        application.router.add_get("/metrics", self._metrics)
+        application.router.add_get("/healthz", self._healthz)
+        application.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(application, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        log.info("serving /metrics, /healthz, /readyz on %s:%d", self.host, self.port)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list[Service]]:
+    runtime = settings.runtime
+    kafka = settings.kafka
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{kafka.bootstrap_servers}",
+        store=runtime.store,
+        datadir=str(runtime.data_dir),
+        web_enabled=False,  # our own server: Faust's would expose /table and /router
+        topic_partitions=layout.partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=runtime.commit_interval_ms / 1000,
+        stream_wait_empty=True,
+        producer_acks=-1,
+        table_cleanup_interval=60.0,
+        # A batch may wait on Kinesis retries; keep the group membership meanwhile.
+        broker_max_poll_interval=600.0,
+        worker_redirect_stdouts=False,
+    )
+    inputs = app.topic(
+        kafka.qualifications_topic,
+        kafka.profiles_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        allow_empty=True,
+    )
+    profiles = app.Table("profiles", partitions=layout.partitions, key_type=str)
+    memberships = app.Table("memberships", partitions=layout.partitions, key_type=str)
+
+    destinations = []
+    for destination in settings.destinations:
+        writer = KinesisWriter(
+            destination.stream,
+            AioBotoTransport(destination),
+            on_reply=_on_reply,
+            on_retry=_on_retry,
+            on_fatal=_on_fatal,
+        )
+        destinations.append(Destination(destination, writer))
+    processor = BatchProcessor(
+        settings,
+        destinations,
+        FaustTables(profiles, memberships),
+        DeadLetterTopic(app, kafka.dlq_topic),
+    )
+    within = timedelta(milliseconds=runtime.batch_linger_ms)
+
+    @app.agent(inputs, concurrency=1, name="export")
+    async def export(stream: Any) -> None:
+        async for events in stream.take_events(runtime.batch_max_events, within):
+            messages = [
+                InputMessage(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    e,
+                )
+                for e in events
+            ]
+            with metrics.BATCH_SECONDS.time():
+                await processor.process(messages)
+
+    writers = [d.writer for d in destinations]
+    services: list[Service] = [WebServer(app, runtime.web_host, runtime.web_port, writers)]
+    return app, services
+
+
+def _on_reply(stream: str, sent: int, failed: int, elapsed: float) -> None:
+    metrics.PUT_RECORDS.labels(stream=stream, result="accepted").inc(sent - failed)
+    if failed:
+        metrics.PUT_RECORDS.labels(stream=stream, result="failed").inc(failed)
+    metrics.PUT_LATENCY.labels(stream=stream).observe(elapsed)
+
+
+def _on_retry(stream: str, code: str) -> None:
+    metrics.RETRIES.labels(stream=stream, code=code).inc()
+
+
+def _on_fatal(stream: str, error: TransportError | None) -> None:
+    metrics.STREAM_WRITABLE.labels(stream=stream).set(0 if error else 1)
+
+
+def run(settings: Settings) -> int:
+    """Runs the worker until SIGTERM/SIGINT."""
+    layout = asyncio.run(preflight(settings))
+    Path(settings.runtime.data_dir).mkdir(parents=True, exist_ok=True)
+    app, services = create_app(settings, layout)
+    worker = faust.Worker(
+        app,
+        *services,
+        loglevel=settings.runtime.log_level.upper(),
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()
+    return 0

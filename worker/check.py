@@ -1,0 +1,45 @@
+"""`python -m worker check`: is this configuration usable here and now?"""
+
+from __future__ import annotations
+
+import sys
+
+from worker.app import preflight
+from worker.kinesis import AioBotoTransport, TransportError
+from worker.settings import ConfigError, Settings
+
+
+async def check(settings: Settings) -> int:
+    """Prints one line per check; returns 0 when every check passed."""
+    failures = 0
+
+    def report(ok: bool, line: str) -> None:
+        nonlocal failures
+        failures += 0 if ok else 1
+        print(f"{'ok ' if ok else 'FAIL'} {line}", file=sys.stdout if ok else sys.stderr)
+
+    report(True, f"configuration: {len(settings.destinations)} destination(s)")
+    try:
+        layout = await preflight(settings)
+        report(True, f"kafka: input topics co-partitioned ({layout.partitions} partitions)")
+    except ConfigError as exc:
+        report(False, f"kafka: {exc}")
+    for index, destination in enumerate(settings.destinations):
+        transport = AioBotoTransport(destination)
+        where = f"destinations.{index} ({destination.name!r}) stream {destination.stream!r}"
+        try:
+            summary = await transport.describe_stream(destination.stream)
+        except TransportError as exc:
+            report(False, f"{where}: {exc}")
+            continue
+        finally:
+            await transport.close()
+        if summary.status not in ("ACTIVE", "UPDATING"):
+            report(False, f"{where}: status {summary.status}, not writable")
+        else:
+            report(
+                True,
+                f"{where}: {summary.status}, {summary.open_shards} open shard(s), "
+                f"records up to {summary.max_record_bytes // 1024} KiB",
+            )
+    return 0 if failures == 0 else 1

@@ -1,0 +1,167 @@
+"""The wire to Kinesis: a small protocol, one real implementation on aioboto3."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker.settings import DestinationSettings
+
+# Whole-call errors that no retry soon can fix: the stream or the permission is missing.
+FATAL_CODES = frozenset(
+    {
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "KMSAccessDeniedException",
+        "KMSDisabledException",
+        "KMSNotFoundException",
+    }
+)
+
+
+class TransportError(Exception):
+    """A whole call failed. ``fatal`` means retrying soon will not help."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.fatal = fatal
+
+
+@dataclass(frozen=True, slots=True)
+class PutReply:
+    """One entry of a PutRecords reply: error_code None means accepted."""
+
+    error_code: str | None = None
+    error_message: str | None = None
+    shard_id: str | None = None
+    sequence_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    status: str
+    open_shards: int
+    max_record_bytes: int
+
+
+class Transport(Protocol):
+    async def put_records(
+        self, stream: str, records: Sequence[tuple[bytes, str]]
+    ) -> list[PutReply]: ...
+
+    async def describe_stream(self, stream: str) -> StreamSummary: ...
+
+    async def close(self) -> None: ...
+
+
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+
+
+class AioBotoTransport:
+    """Kinesis over aioboto3; credentials from the destination or the default chain."""
+
+    def __init__(self, destination: DestinationSettings) -> None:
+        self._destination = destination
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    async def _kinesis(self) -> Any:
+        if self._client is None:
+            auth = self._destination.auth
+            session_args: dict[str, Any] = {"region_name": self._destination.region}
+            if auth is not None and auth.access_key_id is not None:
+                session_args["aws_access_key_id"] = auth.access_key_id
+                session_args["aws_secret_access_key"] = (
+                    auth.secret_access_key.get_secret_value() if auth.secret_access_key else None
+                )
+                if auth.session_token is not None:
+                    session_args["aws_session_token"] = auth.session_token.get_secret_value()
+            config = Config(
+                retries={"max_attempts": 1, "mode": "standard"},  # we retry, in order
+                connect_timeout=5,
+                read_timeout=30,
+                max_pool_connections=32,
+            )
+            session = aioboto3.Session(**session_args)
+            self._client = await self._stack.enter_async_context(
+                session.client(
+                    "kinesis", endpoint_url=self._destination.endpoint_url, config=config
+                )
+            )
+        return self._client
+
+    async def put_records(
+        self, stream: str, records: Sequence[tuple[bytes, str]]
+    ) -> list[PutReply]:
+        client = await self._kinesis()
+        try:
+            reply = await client.put_records(
+                StreamName=stream,
+                Records=[{"Data": data, "PartitionKey": key} for data, key in records],
+            )
+        except ClientError as exc:
+            raise _translate(exc) from exc
+        except (BotoCoreError, OSError, TimeoutError) as exc:
+            raise TransportError(type(exc).__name__, str(exc), fatal=False) from exc
+        return [
+            PutReply(
+                error_code=entry.get("ErrorCode"),
+                error_message=entry.get("ErrorMessage"),
+                shard_id=entry.get("ShardId"),
+                sequence_number=entry.get("SequenceNumber"),
+            )
+            for entry in reply["Records"]
+        ]
+
+    async def describe_stream(self, stream: str) -> StreamSummary:
+        client = await self._kinesis()
+        try:
+            reply = await client.describe_stream_summary(StreamName=stream)
+        except ClientError as exc:
+            raise _translate(exc) from exc
+        except (BotoCoreError, OSError, TimeoutError) as exc:
+            raise TransportError(type(exc).__name__, str(exc), fatal=False) from exc
+        summary = reply["StreamDescriptionSummary"]
+        max_kib = summary.get("MaxRecordSizeInKiB")
+        return StreamSummary(
+            status=summary["StreamStatus"],
+            open_shards=int(summary.get("OpenShardCount", 0)),
+            max_record_bytes=int(max_kib) * 1024 if max_kib else DEFAULT_MAX_RECORD_BYTES,
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+
+def _translate(exc: ClientError) -> TransportError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "Unknown"))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    fatal = code in FATAL_CODES or (400 <= status < 500 and code not in _TRANSIENT_4XX)
+    return TransportError(code, str(error.get("Message", "")), fatal=fatal)
+
+
+_TRANSIENT_4XX = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ResourceInUseException",  # the stream is updating (resharding)
+    }
+)

@@ -1,0 +1,231 @@
+"""Puts records into one stream: batching, retries, and per-key order.
+
+Order rule: a record is sent only when every earlier record with its partition
+key was accepted. Each ``PutRecords`` call therefore holds at most one record
+per key (a "wave" takes the head of each key's queue); a failed record stays at
+the head of its queue and is retried before anything later with its key,
+while other keys move on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from worker.kinesis._transport import (
+    DEFAULT_MAX_RECORD_BYTES,
+    PutReply,
+    Transport,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    data: bytes
+    partition_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Accepted by Kinesis, or rejected for good: ``reason`` says why (for the dead letter)."""
+
+    accepted: bool
+    reason: str | None = None
+    detail: str | None = None
+
+
+ACCEPTED = Outcome(accepted=True)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterConfig:
+    max_batch_records: int = 500
+    max_batch_bytes: int = 5 * 1024 * 1024
+    max_in_flight: int = 8
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 5.0
+    # Stream missing, access denied: checked again this often until it works.
+    fatal_retry_s: float = 10.0
+
+
+@dataclass(slots=True)
+class _Call:
+    indices: list[int]
+
+
+class KinesisWriter:
+    """Puts records into one stream and reports each record's outcome."""
+
+    def __init__(
+        self,
+        stream: str,
+        transport: Transport,
+        config: WriterConfig | None = None,
+        *,
+        on_reply: Callable[[str, int, int, float], None] | None = None,
+        on_retry: Callable[[str, str], None] | None = None,
+        on_fatal: Callable[[str, TransportError | None], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self._transport = transport
+        self._config = config or WriterConfig()
+        self.max_record_bytes = DEFAULT_MAX_RECORD_BYTES
+        # False until the stream was seen ACTIVE, and while it refuses writes.
+        self.writable = False
+        self._on_reply = on_reply
+        self._on_retry = on_retry
+        self._on_fatal = on_fatal
+
+    async def start(self) -> None:
+        """Reads the stream's maximum record size; a failure keeps the default."""
+        try:
+            summary = await self._transport.describe_stream(self.stream)
+        except TransportError as exc:
+            log.warning("cannot describe stream %s: %s", self.stream, exc)
+            return
+        self.max_record_bytes = summary.max_record_bytes
+        self.writable = summary.status in ("ACTIVE", "UPDATING")
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    def check(self, record: Record) -> Outcome | None:
+        """The reason Kinesis would never accept this record, or None."""
+        key = record.partition_key
+        if not 1 <= len(key) <= MAX_KEY_CHARS:
+            return Outcome(False, "invalid_partition_key", f"key of {len(key)} characters")
+        size = len(record.data) + len(key.encode())
+        if size > self.max_record_bytes:
+            return Outcome(
+                False,
+                "record_too_large",
+                f"{size} bytes (data + key) over the stream's {self.max_record_bytes}",
+            )
+        return None
+
+    async def put_all(self, records: Sequence[Record]) -> list[Outcome]:
+        """Puts every record; returns when each is accepted or rejected for good."""
+        outcomes: list[Outcome | None] = [None] * len(records)
+        queues: dict[str, deque[int]] = {}
+        for index, record in enumerate(records):
+            rejected = self.check(record)
+            if rejected is not None:
+                outcomes[index] = rejected
+            else:
+                queues.setdefault(record.partition_key, deque()).append(index)
+        isolate: set[int] = set()
+        attempt = 0
+        while queues:
+            wave = [queue[0] for queue in queues.values()]
+            failed, fatal = await self._send_wave(records, wave, outcomes, isolate)
+            for index in wave:
+                if outcomes[index] is not None:
+                    queue = queues[records[index].partition_key]
+                    queue.popleft()
+                    if not queue:
+                        del queues[records[index].partition_key]
+            self.writable = fatal is None
+            if fatal is not None:
+                if self._on_fatal is not None:
+                    self._on_fatal(self.stream, fatal)
+                log.error(
+                    "stream %s refuses writes (%s); retrying in %.0fs",
+                    self.stream,
+                    fatal,
+                    self._config.fatal_retry_s,
+                )
+                await asyncio.sleep(self._config.fatal_retry_s)
+                continue
+            if self._on_fatal is not None:
+                self._on_fatal(self.stream, None)
+            if failed:
+                attempt += 1
+                cap = min(self._config.backoff_max_s, self._config.backoff_base_s * 2**attempt)
+                await asyncio.sleep(random.uniform(0, cap))  # full jitter
+            else:
+                attempt = 0
+        return [outcome or ACCEPTED for outcome in outcomes]
+
+    async def _send_wave(
+        self,
+        records: Sequence[Record],
+        wave: list[int],
+        outcomes: list[Outcome | None],
+        isolate: set[int],
+    ) -> tuple[int, TransportError | None]:
+        calls = self._plan_calls(records, wave, isolate)
+        limit = asyncio.Semaphore(self._config.max_in_flight)
+        fatal: TransportError | None = None
+        failed = 0
+
+        async def run(call: _Call) -> None:
+            nonlocal fatal, failed
+            async with limit:
+                batch = [(records[i].data, records[i].partition_key) for i in call.indices]
+                started = asyncio.get_running_loop().time()
+                try:
+                    replies = await self._transport.put_records(self.stream, batch)
+                except TransportError as exc:
+                    failed += len(call.indices)
+                    if exc.code == "ValidationException":
+                        if len(call.indices) == 1:
+                            outcomes[call.indices[0]] = Outcome(
+                                False, "rejected_by_kinesis", str(exc)
+                            )
+                            failed -= 1
+                        else:
+                            isolate.update(call.indices)  # find the culprit alone
+                    elif exc.fatal:
+                        fatal = exc
+                    if self._on_retry is not None:
+                        self._on_retry(self.stream, exc.code)
+                    return
+                elapsed = asyncio.get_running_loop().time() - started
+                self._settle(call, replies, outcomes)
+                bad = sum(1 for reply in replies if reply.error_code is not None)
+                failed += bad
+                if self._on_reply is not None:
+                    self._on_reply(self.stream, len(replies), bad, elapsed)
+
+        await asyncio.gather(*(run(call) for call in calls))
+        return failed, fatal
+
+    def _settle(self, call: _Call, replies: list[PutReply], outcomes: list[Outcome | None]) -> None:
+        for index, reply in zip(call.indices, replies, strict=True):
+            if reply.error_code is None:
+                outcomes[index] = ACCEPTED
+            elif self._on_retry is not None:
+                self._on_retry(self.stream, reply.error_code)
+
+    def _plan_calls(
+        self, records: Sequence[Record], wave: list[int], isolate: set[int]
+    ) -> list[_Call]:
+        calls: list[_Call] = []
+        current: list[int] = []
+        size = 0
+        for index in wave:
+            record = records[index]
+            record_size = len(record.data) + len(record.partition_key.encode())
+            if index in isolate:
+                calls.append(_Call([index]))
+                continue
+            if current and (
+                len(current) >= self._config.max_batch_records
+                or size + record_size > self._config.max_batch_bytes
+            ):
+                calls.append(_Call(current))
+                current, size = [], 0
+            current.append(index)
+            size += record_size
+        if current:
+            calls.append(_Call(current))
+        return calls
