@@ -1,0 +1,545 @@
+"""The worker end to end: real Kafka broker, real Kinesis endpoint, `python -m worker run`.
+
+Records are told apart by partition key: each test profile has its own ecid.
+"Nothing was exported" is checked by a later event of the same profile that
+does export: records of one key arrive in order, so the full list of that key's
+records is exact once the marker's record is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiokafka.admin import NewTopic
+
+from tests.support import (
+    REPO,
+    Stack,
+    StreamReader,
+    WorkerProcess,
+    admin_call,
+    consume_all,
+    produce,
+    profile_update,
+    qualification,
+    run_sync,
+)
+
+SEG_A = "7841ba61-23c1-4bb3-a495-00d3g5fe1e93"  # the seed page's exited segment
+SEG_B = "59bd2fkd-3c48-4b18-bf56-4f5c5e6967ae"  # the seed page's existing segment
+SEG_C = "c0ffee00-0000-4000-8000-second-only"
+SEG_UNMAPPED = "deadbeef-0000-4000-8000-not-mapped"
+
+SEED_RECORD: dict[str, Any] = {
+    "person": {"email": "yourstruly@adobe.con"},
+    "segmentMembership": {
+        "ups": {
+            SEG_A: {"lastQualificationTime": "2020-05-25T21:24:39Z", "status": "exited"},
+            SEG_B: {"lastQualificationTime": "2020-05-25T23:37:33Z", "status": "existing"},
+        }
+    },
+    "identityMap": {
+        "ecid": [
+            {"id": "14575006536349286404619648085736425115"},
+            {"id": "66478888669296734530114754794777368480"},
+        ],
+        "email_lc_sha256": [
+            {"id": "655332b5fa2aea4498bf7a290cff017cb4"},
+            {"id": "66baf76ef9de8b42df8903f00e0e3dc0b7"},
+        ],
+    },
+}
+
+
+class Deployment:
+    """Topics, streams and a configuration for one worker set-up."""
+
+    def __init__(self, stack: Stack, name: str, workdir: Path, partitions: int = 3) -> None:
+        self.stack = stack
+        self.name = name
+        self.workdir = workdir
+        self.partitions = partitions
+        self.q_topic = f"{name}-qualifications"
+        self.p_topic = f"{name}-profiles"
+        self.dlq_topic = f"{name}-dlq"
+        self.streams = [f"{name}-seed", f"{name}-second"]
+        self.kinesis = stack.kinesis()
+        self.readers = {s: StreamReader(self.kinesis, s) for s in self.streams}
+        self.workers: list[WorkerProcess] = []
+        self.sent = 0  # events sent since the last worker started
+
+    def config(self, **runtime: Any) -> dict[str, Any]:
+        endpoint = self.stack.kinesis_endpoint
+        auth = {"access_key_id": "testing", "secret_access_key": "testing"}
+        return {
+            "app_id": self.name,
+            "kafka": {
+                "bootstrap_servers": self.stack.kafka_bootstrap,
+                "qualifications_topic": self.q_topic,
+                "profiles_topic": self.p_topic,
+                "dlq_topic": self.dlq_topic,
+            },
+            "destinations": [
+                {
+                    "name": "Seed page",
+                    "stream": self.streams[0],
+                    "region": "us-east-1",
+                    "endpoint_url": endpoint,
+                    "auth": auth,
+                    "partition_key_namespaces": ["ecid", "email_lc_sha256"],
+                    "segments": [{"id": SEG_A}, {"id": SEG_B}],
+                    "attributes": ["person.email"],
+                },
+                {
+                    "name": "Second",
+                    "stream": self.streams[1],
+                    "region": "us-east-1",
+                    "endpoint_url": endpoint,
+                    "auth": auth,
+                    "include_segment_names": True,
+                    "include_segment_timestamps": True,
+                    "partition_key_namespaces": ["email_lc_sha256"],
+                    "segments": [
+                        {
+                            "id": SEG_B,
+                            "name": "Downloaded the white paper",
+                            "created_at": 1590000000000,
+                            "updated_at": 1590000001000,
+                            "mapping_created_at": 1590000002000,
+                            "mapping_updated_at": 1590000003000,
+                        },
+                        {"id": SEG_C, "name": "Second only"},
+                    ],
+                    "attributes": ["person.name.firstName", "loyalty.tier"],
+                },
+            ],
+            "runtime": {"store": "memory://", "batch_linger_ms": 20, **runtime},
+        }
+
+    def create(self, q_partitions: int | None = None) -> None:
+        topics = [
+            NewTopic(self.q_topic, q_partitions or self.partitions, 1),
+            NewTopic(self.p_topic, self.partitions, 1),
+        ]
+        run_sync(admin_call(self.stack.kafka_bootstrap, lambda a: a.create_topics(topics)))
+        for stream in self.streams:
+            self.kinesis.create_stream(StreamName=stream, ShardCount=2)
+
+    def destroy(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+        async def delete(admin: Any) -> None:
+            names = [t for t in await admin.list_topics() if t.startswith(self.name)]
+            if names:
+                await admin.delete_topics(names)
+
+        run_sync(admin_call(self.stack.kafka_bootstrap, delete))
+        for stream in self.streams:
+            with contextlib.suppress(Exception):  # already gone
+                self.kinesis.delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
+
+    def worker(self, name: str = "worker", **runtime: Any) -> WorkerProcess:
+        worker = WorkerProcess(self.config(**runtime), self.workdir, name)
+        self.workers.append(worker)
+        self.sent = 0
+        return worker
+
+    def send(self, *messages: tuple[str, str, bytes | None]) -> None:
+        """(topic, profile id, value) in order; topic is "q" or "p".
+
+        Kafka orders events within a partition of ONE topic; across the two
+        topics the worker may read either first. So each run of messages to
+        one topic is sent, then waited for, before the next run.
+        """
+        topics = {"q": self.q_topic, "p": self.p_topic}
+        run: list[tuple[str, bytes, bytes | None]] = []
+        for position, (topic, key, value) in enumerate(messages):
+            run.append((topics[topic], key.encode(), value))
+            last = position == len(messages) - 1
+            if last or messages[position + 1][0] != topic:
+                run_sync(produce(self.stack.kafka_bootstrap, run))
+                self.sent += len(run)
+                run = []
+                if not last:
+                    self.wait_consumed()
+
+    def wait_consumed(self, timeout: float = 60) -> None:
+        """Waits until the running worker counted every event sent since it started."""
+        worker = self.workers[-1]
+        deadline = time.monotonic() + timeout
+        while worker.metric("kd_events_total") < self.sent:
+            assert time.monotonic() < deadline, f"worker consumed too little:\n{worker.log()}"
+            time.sleep(0.1)
+
+    def records(self, stream: int, key: str, count: int, timeout: float = 30) -> list[Any]:
+        return self.readers[self.streams[stream]].wait_for(key, count, timeout)
+
+
+@pytest.fixture(scope="module")
+def deployment(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    name = f"it-{uuid.uuid4().hex[:8]}"
+    found = Deployment(stack, name, tmp_path_factory.mktemp(name))
+    found.create()
+    worker = found.worker()
+    worker.start()
+    try:
+        yield found
+    finally:
+        log = worker.log(200)
+        worker.stop()
+        found.destroy()
+        print(log)
+
+
+def ecid(tag: str) -> dict[str, Any]:
+    return {"ecid": [{"id": f"ecid-{tag}"}]}
+
+
+def ups(record: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = record["segmentMembership"]["ups"]
+    return result
+
+
+def test_seed_page_record_reproduced(deployment: Deployment) -> None:
+    profile = "p-seed"
+    key = SEED_RECORD["identityMap"]["ecid"][0]["id"]
+    deployment.send(
+        (
+            "p",
+            profile,
+            profile_update(
+                profile, {"person": {"email": "yourstruly@adobe.con"}}, SEED_RECORD["identityMap"]
+            ),
+        ),
+        ("q", profile, qualification(profile, SEG_A, "realized", "2020-05-25T20:00:00Z")),
+        ("q", profile, qualification(profile, SEG_B, "existing", "2020-05-25T23:37:33Z")),
+        ("q", profile, qualification(profile, SEG_A, "exited", "2020-05-25T21:24:39Z")),
+    )
+    records = deployment.records(0, key, 3)
+    assert len(records) == 3
+    assert records[2] == SEED_RECORD
+    assert ups(records[0]) == {
+        SEG_A: {"lastQualificationTime": "2020-05-25T20:00:00Z", "status": "realized"}
+    }
+    assert ups(records[1])[SEG_B]["status"] == "realized"
+    assert ups(records[1])[SEG_A]["status"] == "existing"
+
+
+def test_every_row_of_the_membership_table(deployment: Deployment) -> None:
+    profile = "p-rows"
+    ids = ecid("rows")
+    key = "ecid-rows"
+    q = [
+        ("realized", "2021-01-01T00:00:01Z"),  # not member + realized -> realized
+        ("existing", "2021-01-01T00:00:02Z"),  # member + existing -> duplicate
+        ("realized", "2021-01-01T00:00:03Z"),  # member + realized -> duplicate
+        ("exited", "2021-01-01T00:00:05Z"),  # member + exited -> exited
+        ("exited", "2021-01-01T00:00:06Z"),  # not member + exited -> nothing
+        ("realized", "2021-01-01T00:00:04Z"),  # older than the last applied: stale
+        ("existing", "2021-01-01T02:00:07+02:00"),  # not member + existing -> realized (00:00:07Z)
+        ("exited", "2021-01-01T00:00:08Z"),  # member + exited -> exited
+    ]
+    unmapped_before = deployment.workers[0].metric("kd_events_total", outcome="unmapped")
+    stale_before = deployment.workers[0].metric("kd_events_total", outcome="stale")
+    messages = [("p", profile, profile_update(profile, {}, ids))]
+    messages += [("q", profile, qualification(profile, SEG_A, s, t)) for s, t in q]
+    messages.insert(
+        3, ("q", profile, qualification(profile, SEG_UNMAPPED, "realized", "2021-01-01T00:00:03Z"))
+    )
+    deployment.send(*messages)
+    records = deployment.records(0, key, 4)
+    assert [(ups(r)[SEG_A]["status"], ups(r)[SEG_A]["lastQualificationTime"]) for r in records] == [
+        ("realized", "2021-01-01T00:00:01Z"),
+        ("exited", "2021-01-01T00:00:05Z"),
+        ("realized", "2021-01-01T00:00:07Z"),
+        ("exited", "2021-01-01T00:00:08Z"),
+    ]
+    assert all(set(ups(r)) == {SEG_A} for r in records), "the unmapped segment never appears"
+    worker = deployment.workers[0]
+    assert worker.metric("kd_events_total", outcome="unmapped") == unmapped_before + 1
+    assert worker.metric("kd_events_total", outcome="stale") == stale_before + 1
+
+
+def test_export_triggers(deployment: Deployment) -> None:
+    profile = "p-triggers"
+    key = "ecid-triggers"
+    ids = ecid("triggers")
+    more_ids = {**ids, "phone_sha256": [{"id": "ph-1"}]}
+    deployment.send(
+        (
+            "p",
+            profile,
+            profile_update(
+                profile, {"person": {"email": "a@x.io", "name": {"firstName": "Ana"}}}, ids
+            ),
+        ),
+        ("q", profile, qualification(profile, SEG_A, "realized", "2021-02-01T00:00:00Z")),  # 1
+        ("p", profile, profile_update(profile, {"person": {"email": "b@x.io"}})),  # 2: mapped
+        (
+            "p",
+            profile,
+            profile_update(profile, {"person": {"name": {"firstName": "Bia"}}}),
+        ),  # not mapped here
+        ("p", profile, profile_update(profile, {"loyalty": {"points": 10}})),  # unmapped anywhere
+        ("p", profile, profile_update(profile, {"person": {"email": "b@x.io"}})),  # no change
+        ("p", profile, profile_update(profile, None, more_ids)),  # 3: identities changed
+        ("p", profile, profile_update(profile, None, more_ids)),  # same identities
+        ("p", profile, profile_update(profile, {"person": {"email": None}})),  # 4: removed
+        ("p", profile, None),  # 5: deleted -> exited
+        ("q", profile, qualification(profile, SEG_A, "existing", "2021-02-02T00:00:00Z", ids)),  # 6
+    )
+    records = deployment.records(0, key, 6)
+    assert len(records) == 6, records
+    assert [ups(r)[SEG_A]["status"] for r in records] == [
+        "realized",
+        "existing",
+        "existing",
+        "existing",
+        "exited",
+        "realized",
+    ]
+    assert records[0]["person"] == {"email": "a@x.io"}
+    assert records[1]["person"] == {"email": "b@x.io"}
+    assert records[1]["identityMap"] == ids
+    assert records[2]["identityMap"] == more_ids
+    assert "person" not in records[3]
+    # Deleted: exported once with what it had, then forgotten (the next entry is "realized").
+    assert records[4]["identityMap"] == more_ids
+    assert ups(records[4])[SEG_A]["lastQualificationTime"] == "2021-02-01T00:00:00Z"
+    assert records[5]["identityMap"] == ids, "identities from the event once the profile is gone"
+    # The second destination maps none of these segments: nothing went there.
+    assert deployment.readers[deployment.streams[1]].for_key("ecid-triggers") == []
+
+
+def test_two_destinations_get_their_own_records(deployment: Deployment) -> None:
+    profile = "p-two"
+    ids = {"ecid": [{"id": "ecid-two"}], "email_lc_sha256": [{"id": "mail-two"}]}
+    deployment.send(
+        (
+            "p",
+            profile,
+            profile_update(
+                profile,
+                {
+                    "person": {"email": "t@x.io", "name": {"firstName": "Tia"}},
+                    "loyalty": {"tier": "gold"},
+                },
+                ids,
+            ),
+        ),
+        ("q", profile, qualification(profile, SEG_B, "realized", "2021-03-01T00:00:00Z")),
+        ("q", profile, qualification(profile, SEG_C, "realized", "2021-03-01T00:00:01Z")),
+    )
+    first = deployment.records(0, "ecid-two", 1)
+    second = deployment.records(1, "mail-two", 2)
+    assert first == [
+        {
+            "person": {"email": "t@x.io"},
+            "segmentMembership": {
+                "ups": {
+                    SEG_B: {"lastQualificationTime": "2021-03-01T00:00:00Z", "status": "realized"}
+                }
+            },
+            "identityMap": ids,
+        }
+    ]
+    assert second[0] == {
+        "person": {"name": {"firstName": "Tia"}},
+        "loyalty": {"tier": "gold"},
+        "segmentMembership": {
+            "ups": {
+                SEG_B: {
+                    "lastQualificationTime": "2021-03-01T00:00:00Z",
+                    "status": "realized",
+                    "name": "Downloaded the white paper",
+                    "createdAt": 1590000000000,
+                    "updatedAt": 1590000001000,
+                    "mappingCreatedAt": 1590000002000,
+                    "mappingUpdatedAt": 1590000003000,
+                }
+            }
+        },
+        "identityMap": ids,
+    }
+    assert ups(second[1])[SEG_B]["status"] == "existing"
+    assert ups(second[1])[SEG_C] == {
+        "lastQualificationTime": "2021-03-01T00:00:01Z",
+        "status": "realized",
+        "name": "Second only",
+    }
+    assert len(deployment.records(0, "ecid-two", 2, timeout=1)) == 1, "SEG_C is not the seed's"
+
+
+def test_identities_from_the_event_or_none(deployment: Deployment) -> None:
+    deployment.send(
+        (
+            "q",
+            "p-event-ids",
+            qualification(
+                "p-event-ids", SEG_A, "realized", "2021-04-01T00:00:00Z", ecid("from-event")
+            ),
+        ),
+        ("q", "p-no-ids", qualification("p-no-ids", SEG_A, "realized", "2021-04-01T00:00:00Z")),
+    )
+    assert deployment.records(0, "ecid-from-event", 1)[0]["identityMap"] == ecid("from-event")
+    assert deployment.records(0, "p-no-ids", 1)[0]["identityMap"] == {}
+
+
+def test_bad_events_go_to_the_dead_letter_topic(deployment: Deployment) -> None:
+    profile = "p-bad"
+    deployment.send(
+        ("q", profile, b"{not json"),
+        ("q", profile, qualification("someone-else", SEG_A, "realized", "2021-05-01T00:00:00Z")),
+        (
+            "q",
+            profile,
+            orjson.dumps(
+                {
+                    "profileId": profile,
+                    "segmentId": SEG_A,
+                    "status": "maybe",
+                    "qualificationTime": "2021-05-01T00:00:00Z",
+                }
+            ),
+        ),
+        ("p", profile, b"[1, 2]"),
+        (
+            "q",
+            profile,
+            qualification(profile, SEG_A, "realized", "2021-05-01T00:00:00Z", ecid("bad")),
+        ),
+    )
+    assert len(deployment.records(0, "ecid-bad", 1)) == 1, "the worker went on"
+    letters = run_sync(consume_all(deployment.stack.kafka_bootstrap, deployment.dlq_topic, 4))
+    mine = [orjson.loads(m.value) for m in letters if m.key == profile.encode()]
+    assert sorted(letter["reason"] for letter in mine) == [
+        "invalid_json",
+        "invalid_status",
+        "key_mismatch",
+        "not_an_object",
+    ]
+    first = next(letter for letter in mine if letter["reason"] == "invalid_json")
+    assert first["value"] == "{not json"
+    assert first["source"]["topic"] == deployment.q_topic
+    assert isinstance(first["source"]["offset"], int)
+
+
+def test_restart_recovers_state_from_the_changelog(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployment = Deployment(stack, f"it-restart-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
+    deployment.create()
+    try:
+        profiles = [f"r-{i:05d}" for i in range(2000)]
+        worker = deployment.worker()
+        worker.start()
+        deployment.send(
+            *[
+                ("p", p, profile_update(p, {"person": {"email": f"{p}@x.io"}}, ecid(p)))
+                for p in profiles
+            ],
+            *[
+                ("q", p, qualification(p, SEG_A, "realized", "2021-06-01T00:00:00Z"))
+                for p in profiles
+            ],
+        )
+        assert len(deployment.records(0, f"ecid-{profiles[-1]}", 1, timeout=60)) == 1
+        reader = deployment.readers[deployment.streams[0]]
+        deadline = time.monotonic() + 60
+        while len(reader.records) < len(profiles):
+            reader.poll()
+            assert time.monotonic() < deadline
+        assert worker.stop() == 0, worker.log()
+
+        restarted = deployment.worker("restarted")
+        restarted.start(wait_ready=False)
+        recovery_s = restarted.wait_ready()
+        # Duplicates after the restart export nothing; the marker exit does.
+        deployment.send(
+            *[
+                ("q", p, qualification(p, SEG_A, "existing", "2021-06-02T00:00:00Z"))
+                for p in profiles
+            ],
+            ("q", profiles[0], qualification(profiles[0], SEG_A, "exited", "2021-06-03T00:00:00Z")),
+        )
+        marker = deployment.records(0, f"ecid-{profiles[0]}", 2, timeout=60)
+        assert [ups(r)[SEG_A]["status"] for r in marker] == ["realized", "exited"]
+        assert marker[1]["person"] == {"email": f"{profiles[0]}@x.io"}, "profile table recovered"
+        reader.poll()
+        seen: dict[str, list[str]] = {}
+        for key, record in reader.records:
+            seen.setdefault(key, []).append(ups(record)[SEG_A]["status"])
+        repeated = {k: v for k, v in seen.items() if len(v) > 1 and k != f"ecid-{profiles[0]}"}
+        assert not repeated, (
+            f"{len(repeated)} profiles exported again: {list(repeated.items())[:5]}"
+        )
+        assert len(reader.records) == len(profiles) + 1
+        assert restarted.stop() == 0
+        with capsys.disabled():
+            print(f"\n[restart] {len(profiles)} profiles: ready again in {recovery_s:.2f}s")
+    finally:
+        deployment.destroy()
+
+
+def test_refuses_topics_that_are_not_co_partitioned(stack: Stack, tmp_path: Path) -> None:
+    deployment = Deployment(stack, f"it-copart-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
+    deployment.create(q_partitions=3)
+    try:
+        worker = deployment.worker()
+        worker.start(wait_ready=False)
+        assert worker.process is not None
+        code = worker.process.wait(60)
+        assert code != 0
+        assert "kafka.profiles_topic" in worker.log()
+        assert "co-partitioned" in worker.log()
+    finally:
+        deployment.destroy()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_bad_configuration_stops_at_start_naming_the_key(tmp_path: Path, stack: Stack) -> None:
+    config = Deployment(stack, "unused", tmp_path).config()
+    config["destinations"][0]["segmets"] = config["destinations"][0].pop("segments")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _cli("run", "--config", str(path))
+    assert result.returncode == 2
+    assert "destinations.0.segmets: unknown key" in result.stderr
+    assert "destinations.0.segments: required key is missing" in result.stderr
+
+
+def test_check_command(stack: Stack, tmp_path: Path) -> None:
+    deployment = Deployment(stack, f"it-check-{uuid.uuid4().hex[:6]}", tmp_path)
+    path = tmp_path / "check.yaml"
+    path.write_text(yaml.safe_dump(deployment.config()))
+    missing = _cli("check", "--config", str(path))
+    assert missing.returncode == 1
+    assert f"stream '{deployment.streams[0]}'" in missing.stderr
+    assert "ResourceNotFoundException" in missing.stderr
+    deployment.create()
+    try:
+        result = _cli("check", "--config", str(path))
+        assert result.returncode == 0, result.stderr
+        assert "ACTIVE" in result.stdout
+    finally:
+        deployment.destroy()
