@@ -170,7 +170,9 @@ class WorkerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-async def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
+async def produce(
+    bootstrap: str, messages: Sequence[tuple[str, bytes | None, bytes | None]]
+) -> None:
     """Sends (topic, key, value) in order and waits for the broker's acks."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
