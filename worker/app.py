@@ -183,6 +183,8 @@ class WebServer(Service):
     async def on_stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        for writer in self.writers:
+            await writer.close()
 
 
 def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list[Service]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +38,7 @@ from worker.membership import (
     memberships_to_json,
 )
 from worker.settings import DestinationSettings, Settings
-from worker.xdm import deep_merge, selected_values_differ
+from worker.xdm import deep_merge, same_value, selected_values_differ
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +93,10 @@ class _Export:
     status: str
 
 
+# A dead letter: Kafka key, JSON value, reason (the metric's label).
+_Letter = tuple[bytes | None, bytes, str]
+
+
 @dataclass(slots=True)
 class BatchReport:
     events: int = 0
@@ -132,27 +135,30 @@ class BatchProcessor:
         report = BatchReport(events=len(messages))
         overlay: dict[str, _Profile] = {}
         exports: list[_Export] = []
-        letters: list[tuple[bytes | None, bytes]] = []
+        letters: list[_Letter] = []
+        handled: list[tuple[str, str]] = []
         for message in messages:
             try:
                 outcome = self._handle(message, overlay, exports)
             except BadEvent as exc:
                 outcome = "dead_lettered"
                 letters.append(_dead_letter(message, exc.reason, exc.detail))
-                metrics.DEAD_LETTERS.labels(reason=exc.reason).inc()
             except Exception as exc:  # never let one event stop the worker
                 log.exception("unexpected error on %s[%d]", message.topic, message.partition)
                 outcome = "dead_lettered"
                 letters.append(_dead_letter(message, "internal_error", repr(exc)))
-                metrics.DEAD_LETTERS.labels(reason="internal_error").inc()
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
-            metrics.EVENTS.labels(topic=_topic_label(message.topic, self), outcome=outcome).inc()
+            handled.append((message.topic, outcome))
 
         letters.extend(await self._deliver(exports, report))
-        for key, value in letters:
+        for key, value, reason in letters:
             await self._dead_letters.send(key, value)
+            metrics.DEAD_LETTERS.labels(reason=reason).inc()
         report.dead_letters = len(letters)
         self._write_state(overlay)
+        # Counted once the batch is done: a counted event is fully handled.
+        for topic, outcome in handled:
+            metrics.EVENTS.labels(topic=topic, outcome=outcome).inc()
         return report
 
     # -- per event -----------------------------------------------------------------
@@ -208,11 +214,11 @@ class BatchProcessor:
         if transition.changed:
             profile.memberships = transition.memberships
             profile.memberships_dirty = True
+            profile.deleted = False  # a deleted profile can qualify again in the same batch
         status = transition.exported_status
         if status is not None:
-            identities = profile.identity_map
-            if identities is None:
-                identities = event.identity_map
+            # An empty stored map holds no identities either: use the event's.
+            identities = profile.identity_map or event.identity_map
             for index, destination in enumerate(self._destinations):
                 if not destination.format.maps(event.segment_id):
                     continue
@@ -242,7 +248,7 @@ class BatchProcessor:
         identities_changed = (
             update.identity_map is not None and update.identity_map != profile.identity_map
         )
-        if after != before or identities_changed:
+        if not same_value(after, before) or identities_changed:
             profile.attributes = after
             if update.identity_map is not None:
                 profile.identity_map = update.identity_map
@@ -316,10 +322,8 @@ class BatchProcessor:
 
     # -- after the batch ------------------------------------------------------------
 
-    async def _deliver(
-        self, exports: list[_Export], report: BatchReport
-    ) -> list[tuple[bytes | None, bytes]]:
-        letters: list[tuple[bytes | None, bytes]] = []
+    async def _deliver(self, exports: list[_Export], report: BatchReport) -> list[_Letter]:
+        letters: list[_Letter] = []
         for index, destination in enumerate(self._destinations):
             mine = [export for export in exports if export.destination == index]
             if not mine:
@@ -331,7 +335,6 @@ class BatchProcessor:
                     metrics.EXPORTS.labels(destination=destination.name, status=export.status).inc()
                 else:
                     letters.append(_rejected(export, destination, outcome))
-                    metrics.DEAD_LETTERS.labels(reason=outcome.reason or "rejected").inc()
         return letters
 
     def _write_state(self, overlay: dict[str, _Profile]) -> None:
@@ -352,11 +355,6 @@ class BatchProcessor:
                 )
 
 
-def _topic_label(topic: str, processor: BatchProcessor) -> str:
-    # Topic names are configuration, not data: safe as a label.
-    return topic
-
-
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -370,7 +368,7 @@ def _payload(value: bytes | None) -> dict[str, Any]:
         return {"valueBase64": base64.b64encode(value).decode()}
 
 
-def _dead_letter(message: InputMessage, reason: str, detail: str) -> tuple[bytes | None, bytes]:
+def _dead_letter(message: InputMessage, reason: str, detail: str) -> _Letter:
     body: dict[str, Any] = {
         "reason": reason,
         "detail": detail,
@@ -382,12 +380,10 @@ def _dead_letter(message: InputMessage, reason: str, detail: str) -> tuple[bytes
         "failedAt": _now(),
     }
     body.update(_payload(message.value))
-    return message.key, orjson.dumps(body)
+    return message.key, orjson.dumps(body), reason
 
 
-def _rejected(
-    export: _Export, destination: Destination, outcome: Outcome
-) -> tuple[bytes | None, bytes]:
+def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> _Letter:
     message = export.message
     body: dict[str, Any] = {
         "reason": outcome.reason,
@@ -403,7 +399,9 @@ def _rejected(
         "failedAt": _now(),
     }
     body.update(_payload(export.record.data))
-    return message.key, orjson.dumps(body)
+    reason = outcome.reason or "rejected_by_kinesis"
+    body["reason"] = reason
+    return message.key, orjson.dumps(body), reason
 
 
 __all__ = [
@@ -414,5 +412,3 @@ __all__ = [
     "InputMessage",
     "StateTables",
 ]
-
-_ = time  # reserved for latency metrics

@@ -168,8 +168,12 @@ def load_settings(
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"configuration file {path} is not UTF-8 text") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(
+                f"configuration file {path} is not valid YAML: {_yaml_problem(exc)}"
+            ) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
         data = loaded or {}
@@ -184,17 +188,37 @@ def load_settings(
         raise ConfigError(_describe(exc)) from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # PyYAML's own text quotes the offending line, which may hold a secret.
+    if isinstance(exc, yaml.MarkedYAMLError):
+        where = []
+        for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+            if text and mark is not None:
+                where.append(f"{text} at line {mark.line + 1}, column {mark.column + 1}")
+            elif text:
+                where.append(text)
+        return "; ".join(where) or "syntax error"
+    return "syntax error"
+
+
 def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[list[str], Any]]:
     found = []
-    for name, raw in sorted(environ.items()):
+    for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
-        try:
-            value = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError:
-            value = raw
+        value: Any = raw
+        # Lists and mappings are written as YAML flow collections; every other
+        # value stays a string (pydantic converts numbers and booleans) so that
+        # "Top #1" or "Sales: EMEA" are not mangled by YAML.
+        if raw[:1] in ("[", "{"):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                raise ConfigError(f"{name}: not a valid YAML list or mapping") from None
         found.append((keys, value))
+    # List items must be applied by ascending index: 2 before 10.
+    found.sort(key=lambda item: [(0, int(k), "") if k.isdigit() else (1, 0, k) for k in item[0]])
     return found
 
 
@@ -212,6 +236,8 @@ def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
                 where.append(value if last else {})
             elif last:
                 where[index] = value
+            elif not isinstance(where[index], dict | list):
+                where[index] = [] if keys[depth + 1].isdigit() else {}
             where = where[index]
         else:
             if last:

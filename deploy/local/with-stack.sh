@@ -7,7 +7,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 stack=$here/stack.sh
 
 started=0
-if ! "$stack" status | grep -q "kafka running" || ! "$stack" status | grep -q "kinesis running"; then
+# Capture first: with pipefail, `status | grep -q` fails on SIGPIPE when grep exits early.
+status=$("$stack" status)
+if ! grep -q "kafka running" <<<"$status" || ! grep -q "kinesis running" <<<"$status"; then
   started=1
 fi
 cleanup() { if [[ $started == 1 ]]; then "$stack" down || true; fi; }

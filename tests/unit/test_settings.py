@@ -1,0 +1,616 @@
+"""Configuration loading (CONTRACT sections 5 and 6): YAML, environment, overrides."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from worker.settings import ConfigError, Settings, load_settings
+
+# Verbatim from CONTRACT section 6.
+CONTRACT_EXAMPLE = """\
+app_id: kinesis-destination            # Kafka consumer group and state prefix
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+  qualifications_topic: segment-qualifications
+  profiles_topic: profile-updates
+  dlq_topic: kinesis-destination-dlq
+destinations:                          # one or more
+  - name: High propensity to Kinesis
+    description: Prospects likely to convert
+    stream: aep-export                 # an existing stream
+    region: us-east-1
+    endpoint_url: http://127.0.0.1:4567   # optional: a local emulator
+    auth:                              # optional: default AWS credential chain when absent
+      access_key_id: AKIAEXAMPLE
+      secret_access_key: example-secret
+      # role_arn: arn:aws:iam::123456789012:role/kinesis-writer   # optional: assume this role
+      # external_id: example-external-id
+    include_segment_names: false
+    include_segment_timestamps: false
+    partition_key_namespaces: [ecid, email_lc_sha256]
+    segments:
+      - id: 7841ba61-23c1-4bb3-a495-00d3g5fe1e93
+        name: High propensity to convert
+        created_at: 1590000000000      # epoch ms, used by include_segment_timestamps
+        updated_at: 1590000000000
+        mapping_created_at: 1590000000000
+        mapping_updated_at: 1590000000000
+    attributes:                        # selected XDM paths
+      - person.name.lastName
+      - personalEmail.address
+"""
+
+SECRET = "S3CRET-do-not-leak-4242"
+SEGMENT = "7841ba61-23c1-4bb3-a495-00d3g5fe1e93"
+
+
+def minimal_destination(**overrides: Any) -> dict[str, Any]:
+    destination: dict[str, Any] = {
+        "name": "Main",
+        "stream": "aep-export",
+        "region": "us-east-1",
+        "segments": [{"id": SEGMENT}],
+    }
+    destination.update(overrides)
+    return destination
+
+
+def write_config(tmp_path: Path, data: Any) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def write_text(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load_error(path: Path | None, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={} if environ is None else environ)
+    return str(caught.value)
+
+
+def minimal(tmp_path: Path) -> Path:
+    return write_config(tmp_path, {"destinations": [minimal_destination()]})
+
+
+# -- the contract's example -----------------------------------------------------------
+
+
+def test_contract_example_loads(tmp_path: Path) -> None:
+    settings = load_settings(write_text(tmp_path, CONTRACT_EXAMPLE), environ={})
+    assert settings.app_id == "kinesis-destination"
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.kafka.qualifications_topic == "segment-qualifications"
+    assert settings.kafka.profiles_topic == "profile-updates"
+    assert settings.kafka.dlq_topic == "kinesis-destination-dlq"
+    [destination] = settings.destinations
+    assert destination.name == "High propensity to Kinesis"
+    assert destination.description == "Prospects likely to convert"
+    assert destination.stream == "aep-export"
+    assert destination.region == "us-east-1"
+    assert destination.endpoint_url == "http://127.0.0.1:4567"
+    assert destination.auth is not None
+    assert destination.auth.access_key_id == "AKIAEXAMPLE"
+    assert destination.auth.secret_access_key is not None
+    assert destination.auth.secret_access_key.get_secret_value() == "example-secret"
+    assert destination.auth.role_arn is None
+    assert destination.include_segment_names is False
+    assert destination.include_segment_timestamps is False
+    assert destination.partition_key_namespaces == ["ecid", "email_lc_sha256"]
+    [segment] = destination.segments
+    assert segment.id == SEGMENT
+    assert segment.name == "High propensity to convert"
+    assert segment.created_at == segment.updated_at == 1590000000000
+    assert segment.mapping_created_at == segment.mapping_updated_at == 1590000000000
+    assert destination.attributes == ["person.name.lastName", "personalEmail.address"]
+    assert settings.mapped_segments() == frozenset({SEGMENT})
+
+
+def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
+    settings = load_settings(minimal(tmp_path), environ={})
+    assert settings.app_id == "kinesis-destination"
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.kafka.qualifications_topic == "segment-qualifications"
+    assert settings.kafka.profiles_topic == "profile-updates"
+    assert settings.kafka.dlq_topic == "kinesis-destination-dlq"
+    [destination] = settings.destinations
+    assert destination.auth is None
+    assert destination.endpoint_url is None
+    assert destination.partition_key_namespaces == []
+    assert destination.attributes == []
+    assert settings.runtime.web_port == 6066
+
+
+def test_role_with_external_id_is_accepted(tmp_path: Path) -> None:
+    auth = {"role_arn": "arn:aws:iam::123456789012:role/kinesis-writer", "external_id": "x"}
+    path = write_config(tmp_path, {"destinations": [minimal_destination(auth=auth)]})
+    destination = load_settings(path, environ={}).destinations[0]
+    assert destination.auth is not None
+    assert destination.auth.external_id == "x"
+
+
+def test_several_destinations_map_their_segments(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        {
+            "destinations": [
+                minimal_destination(name="One"),
+                minimal_destination(name="Two", segments=[{"id": "other"}]),
+            ]
+        },
+    )
+    settings = load_settings(path, environ={})
+    assert [d.name for d in settings.destinations] == ["One", "Two"]
+    assert settings.mapped_segments() == frozenset({SEGMENT, "other"})
+
+
+# -- mistakes: ConfigError naming the key ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "words"),
+    [
+        pytest.param(
+            {"destinations": [minimal_destination()], "colour": "blue"},
+            "colour",
+            "unknown key",
+            id="unknown-top-level",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination()], "kafka": {"bootstrap": "x:1"}},
+            "kafka.bootstrap",
+            "unknown key",
+            id="unknown-in-kafka",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(streem="x")]},
+            "destinations.0.streem",
+            "unknown key",
+            id="unknown-in-destination",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(segments=[{"id": "a", "label": "x"}])]},
+            "destinations.0.segments.0.label",
+            "unknown key",
+            id="unknown-in-segment",
+        ),
+        pytest.param(
+            {"destinations": [{k: v for k, v in minimal_destination().items() if k != "stream"}]},
+            "destinations.0.stream",
+            "required key is missing",
+            id="missing-stream",
+        ),
+        pytest.param({}, "destinations", "required key is missing", id="missing-destinations"),
+        pytest.param({"destinations": []}, "destinations", "at least 1", id="empty-destinations"),
+        pytest.param(
+            {"destinations": [minimal_destination(segments=[])]},
+            "destinations.0.segments",
+            "at least 1",
+            id="empty-segments",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(partition_key_namespaces=["ecid", ""])]},
+            "destinations.0.partition_key_namespaces",
+            "non-empty",
+            id="empty-namespace",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(partition_key_namespaces=["ecid", "ecid"])]},
+            "destinations.0.partition_key_namespaces",
+            "repeat",
+            id="repeated-namespace",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(segments=[{"id": "a"}, {"id": "a"}])]},
+            "destinations.0.segments",
+            "twice",
+            id="repeated-segment",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(attributes=["person..name"])]},
+            "destinations.0.attributes",
+            "XDM path",
+            id="bad-attribute-path",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(attributes=["identityMap.ecid"])]},
+            "destinations.0.attributes",
+            "clashes",
+            id="reserved-attribute-path",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(attributes=["a.b", "a.b"])]},
+            "destinations.0.attributes",
+            "twice",
+            id="repeated-attribute",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(), minimal_destination()]},
+            "destinations",
+            "distinct",
+            id="duplicate-destination-names",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(auth={"access_key_id": "AKIA"})]},
+            "destinations.0.auth",
+            "secret_access_key",
+            id="access-key-without-secret",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(auth={"secret_access_key": SECRET})]},
+            "destinations.0.auth",
+            "access_key_id",
+            id="secret-without-access-key",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(auth={"external_id": "x"})]},
+            "destinations.0.auth",
+            "role_arn",
+            id="external-id-without-role",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(region="Mars")]},
+            "destinations.0.region",
+            "pattern",
+            id="bad-region",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(endpoint_url="localhost:4567")]},
+            "destinations.0.endpoint_url",
+            "pattern",
+            id="bad-endpoint",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination()], "runtime": {"web_port": 70000}},
+            "runtime.web_port",
+            "65535",
+            id="bad-port",
+        ),
+    ],
+)
+def test_mistakes_name_the_key(tmp_path: Path, data: dict[str, Any], key: str, words: str) -> None:
+    message = load_error(write_config(tmp_path, data))
+    assert f"{key}: " in message
+    assert words in message
+
+
+def test_every_mistake_is_listed(tmp_path: Path) -> None:
+    data = {"destinations": [minimal_destination(streem="x", segments=[])], "colour": "blue"}
+    message = load_error(write_config(tmp_path, data))
+    assert "colour: unknown key" in message
+    assert "destinations.0.streem: unknown key" in message
+    assert "destinations.0.segments: " in message
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = write_text(tmp_path, "destinations: [\n  - name: a\n")
+    message = load_error(path)
+    assert "not valid YAML" in message
+    assert str(path) in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    message = load_error(path)
+    assert "cannot read configuration file" in message
+    assert str(path) in message
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert "cannot read configuration file" in load_error(tmp_path)
+
+
+def test_top_level_list(tmp_path: Path) -> None:
+    path = write_config(tmp_path, [minimal_destination()])
+    assert "mapping at the top level" in load_error(path)
+
+
+def test_top_level_scalar(tmp_path: Path) -> None:
+    path = write_text(tmp_path, "just a string\n")
+    assert "mapping at the top level" in load_error(path)
+
+
+def test_empty_file_needs_destinations(tmp_path: Path) -> None:
+    path = write_text(tmp_path, "")
+    assert "destinations: required key is missing" in load_error(path)
+
+
+def test_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes("description: Configura\u00e7\u00e3o\n".encode("latin-1"))
+    assert str(path) in load_error(path)
+
+
+# -- environment ------------------------------------------------------------------------
+
+
+def test_environment_sets_a_destination_key(tmp_path: Path) -> None:
+    settings = load_settings(minimal(tmp_path), environ={"KD_DESTINATIONS__0__STREAM": "other"})
+    assert settings.destinations[0].stream == "other"
+
+
+def test_environment_sets_a_kafka_key(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path), environ={"KD_KAFKA__BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092"}
+    )
+    assert settings.kafka.bootstrap_servers == "broker-1:9092,broker-2:9092"
+    assert settings.kafka.dlq_topic == "kinesis-destination-dlq"  # the rest untouched
+
+
+def test_environment_sets_a_top_level_key(tmp_path: Path) -> None:
+    settings = load_settings(minimal(tmp_path), environ={"KD_APP_ID": "other-app"})
+    assert settings.app_id == "other-app"
+
+
+def test_environment_parses_flow_lists(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path),
+        environ={"KD_DESTINATIONS__0__PARTITION_KEY_NAMESPACES": "[a, b]"},
+    )
+    assert settings.destinations[0].partition_key_namespaces == ["a", "b"]
+
+
+def test_environment_parses_booleans_and_numbers(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path),
+        environ={
+            "KD_DESTINATIONS__0__INCLUDE_SEGMENT_NAMES": "true",
+            "KD_RUNTIME__WEB_PORT": "7001",
+        },
+    )
+    assert settings.destinations[0].include_segment_names is True
+    assert settings.runtime.web_port == 7001
+
+
+def test_environment_adds_a_key_to_a_yaml_destination(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"destinations": [minimal_destination(description="kept")]})
+    settings = load_settings(
+        path,
+        environ={
+            "KD_DESTINATIONS__0__ENDPOINT_URL": "http://127.0.0.1:4567",
+            "KD_DESTINATIONS__0__AUTH__ACCESS_KEY_ID": "AKIAENV",
+            "KD_DESTINATIONS__0__AUTH__SECRET_ACCESS_KEY": SECRET,
+        },
+    )
+    [destination] = settings.destinations
+    assert destination.endpoint_url == "http://127.0.0.1:4567"
+    assert destination.description == "kept"
+    assert destination.stream == "aep-export"
+    assert destination.auth is not None
+    assert destination.auth.access_key_id == "AKIAENV"
+    assert destination.auth.secret_access_key is not None
+    assert destination.auth.secret_access_key.get_secret_value() == SECRET
+
+
+def test_environment_sets_a_list_item_key(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path), environ={"KD_DESTINATIONS__0__SEGMENTS__0__NAME": "Renamed"}
+    )
+    assert settings.destinations[0].segments[0].name == "Renamed"
+    assert settings.destinations[0].segments[0].id == SEGMENT
+
+
+def test_environment_appends_the_next_list_item(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path),
+        environ={
+            "KD_DESTINATIONS__0__SEGMENTS__1__ID": "second",
+            "KD_DESTINATIONS__1__NAME": "Two",
+            "KD_DESTINATIONS__1__STREAM": "two",
+            "KD_DESTINATIONS__1__REGION": "eu-west-1",
+            "KD_DESTINATIONS__1__SEGMENTS": "[{id: s2}]",
+        },
+    )
+    assert [s.id for s in settings.destinations[0].segments] == [SEGMENT, "second"]
+    assert [d.name for d in settings.destinations] == ["Main", "Two"]
+    assert settings.destinations[1].segments[0].id == "s2"
+
+
+def test_environment_alone_is_a_configuration() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "KD_DESTINATIONS__0__NAME": "Env",
+            "KD_DESTINATIONS__0__STREAM": "env-stream",
+            "KD_DESTINATIONS__0__REGION": "us-east-1",
+            "KD_DESTINATIONS__0__SEGMENTS__0__ID": "seg",
+        },
+    )
+    assert settings.destinations[0].stream == "env-stream"
+
+
+def test_environment_ignores_other_variables(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path), environ={"HOME": "/root", "KD_": "x", "kd_app_id": "lower"}
+    )
+    assert settings.app_id == "kinesis-destination"
+
+
+def test_environment_index_skipping_an_item_is_an_error(tmp_path: Path) -> None:
+    message = load_error(minimal(tmp_path), environ={"KD_DESTINATIONS__2__STREAM": "x"})
+    assert "destinations.2.stream" in message
+    assert "skips" in message
+
+
+def test_environment_non_index_under_a_list_is_an_error(tmp_path: Path) -> None:
+    message = load_error(minimal(tmp_path), environ={"KD_DESTINATIONS__FIRST__STREAM": "x"})
+    assert "destinations.first.stream" in message
+    assert "list index" in message
+
+
+def test_environment_unknown_key_is_named(tmp_path: Path) -> None:
+    message = load_error(minimal(tmp_path), environ={"KD_KAFKA__BOOTSTRAP": "x:1"})
+    assert "kafka.bootstrap: unknown key" in message
+
+
+def test_overrides_win_over_environment(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path),
+        environ={"KD_RUNTIME__WEB_PORT": "7001"},
+        overrides={"runtime.web_port": 7002},
+    )
+    assert settings.runtime.web_port == 7002  # overrides (command line) come last
+
+
+def test_environment_list_of_more_than_ten_items(tmp_path: Path) -> None:
+    environ = {f"KD_DESTINATIONS__0__SEGMENTS__{i}__ID": f"seg-{i}" for i in range(1, 12)}
+    settings = load_settings(minimal(tmp_path), environ=environ)
+    assert [s.id for s in settings.destinations[0].segments] == [SEGMENT] + [
+        f"seg-{i}" for i in range(1, 12)
+    ]
+
+
+def test_environment_key_under_a_scalar_list_item(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"destinations": [minimal_destination(attributes=["a.b"])]})
+    message = load_error(path, environ={"KD_DESTINATIONS__0__ATTRIBUTES__0__X": "1"})
+    assert "destinations.0.attributes" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("KD_DESTINATIONS__0__STREAM", "12345", "stream"),  # a valid stream name
+        ("KD_DESTINATIONS__0__DESCRIPTION", "Top #1 prospects", "description"),
+        ("KD_DESTINATIONS__0__NAME", "Sales: EMEA", "name"),
+    ],
+)
+def test_environment_strings_are_kept_as_written(
+    tmp_path: Path, variable: str, value: str, field: str
+) -> None:
+    settings = load_settings(minimal(tmp_path), environ={variable: value})
+    assert getattr(settings.destinations[0], field) == value
+
+
+# -- overrides (command line) -------------------------------------------------------------
+
+
+def test_overrides_set_dotted_keys(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path),
+        environ={},
+        overrides={"runtime.web_port": 7000, "runtime.data_dir": "/tmp/kd-1"},
+    )
+    assert settings.runtime.web_port == 7000
+    assert settings.runtime.data_dir == Path("/tmp/kd-1")
+
+
+def test_override_none_keeps_the_file_value(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, {"destinations": [minimal_destination()], "runtime": {"web_port": 6100}}
+    )
+    settings = load_settings(path, environ={}, overrides={"runtime.web_port": None})
+    assert settings.runtime.web_port == 6100
+
+
+def test_override_out_of_range_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"runtime\.web_port"):
+        load_settings(minimal(tmp_path), environ={}, overrides={"runtime.web_port": 0})
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+def with_secret(tmp_path: Path) -> Path:
+    auth = {"access_key_id": "AKIAEXAMPLE", "secret_access_key": SECRET, "session_token": SECRET}
+    return write_config(tmp_path, {"destinations": [minimal_destination(auth=auth)]})
+
+
+def test_secrets_are_not_in_str_or_repr(tmp_path: Path) -> None:
+    settings = load_settings(with_secret(tmp_path), environ={})
+    auth = settings.destinations[0].auth
+    assert auth is not None
+    assert auth.secret_access_key is not None
+    assert auth.secret_access_key.get_secret_value() == SECRET
+    for text in (str(settings), repr(settings), str(auth), repr(auth), repr(settings.destinations)):
+        assert SECRET not in text
+    assert SECRET not in settings.model_dump_json()
+
+
+def test_secret_from_environment_is_not_in_repr(tmp_path: Path) -> None:
+    settings = load_settings(
+        minimal(tmp_path),
+        environ={
+            "KD_DESTINATIONS__0__AUTH__ACCESS_KEY_ID": "AKIAENV",
+            "KD_DESTINATIONS__0__AUTH__SECRET_ACCESS_KEY": SECRET,
+        },
+    )
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings)
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        pytest.param({"secret_access_key": SECRET}, id="secret-without-key-id"),
+        pytest.param({"secret_access_key": SECRET, "access_key_id": 12}, id="bad-key-id"),
+        pytest.param({"access_key_id": "AKIA", "secret_access_key": [SECRET]}, id="secret-list"),
+        pytest.param({"access_key_id": "AKIA", "secret_acces_key": SECRET}, id="misspelt-key"),
+        pytest.param(
+            {"access_key_id": "AKIA", "secret_access_key": "x", "session_token": {"t": SECRET}},
+            id="token-object",
+        ),
+        pytest.param(
+            {"access_key_id": "AKIA", "secret_access_key": SECRET, "external_id": "e"},
+            id="external-id-without-role",
+        ),
+    ],
+)
+def test_secrets_are_not_in_config_errors(tmp_path: Path, auth: dict[str, Any]) -> None:
+    path = write_config(tmp_path, {"destinations": [minimal_destination(auth=auth)]})
+    message = load_error(path)
+    assert "destinations.0.auth" in message
+    assert SECRET not in message
+
+
+def test_secret_in_environment_is_not_in_config_errors(tmp_path: Path) -> None:
+    message = load_error(
+        minimal(tmp_path),
+        environ={
+            "KD_DESTINATIONS__0__AUTH__SECRET_ACCESS_KEY": SECRET,
+            "KD_DESTINATIONS__0__STREAM": "bad stream name",
+        },
+    )
+    assert "destinations.0.auth" in message
+    assert "destinations.0.stream" in message
+    assert SECRET not in message
+
+
+def test_secret_under_a_bad_index_is_not_in_config_errors(tmp_path: Path) -> None:
+    message = load_error(
+        minimal(tmp_path), environ={"KD_DESTINATIONS__5__AUTH__SECRET_ACCESS_KEY": SECRET}
+    )
+    assert "skips" in message
+    assert SECRET not in message
+
+
+def test_secret_on_a_malformed_yaml_line_is_not_in_config_errors(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path,
+        f"""\
+        destinations:
+          - name: a
+            stream: s
+            region: us-east-1
+            auth:
+              access_key_id: AKIAEXAMPLE
+              secret_access_key: "{SECRET}
+            segments: [{{id: x}}]
+        """,
+    )
+    message = load_error(path)
+    assert "not valid YAML" in message
+    assert "line 7" in message  # where the mistake is is still said
+    assert SECRET not in message
+
+
+def test_settings_type_is_exported() -> None:
+    assert Settings.model_config.get("extra") == "forbid"
