@@ -134,6 +134,8 @@ class RuntimeSettings(_Strict):
     batch_linger_ms: int = Field(default=100, ge=1, le=60_000)
     # Faust commits acknowledged offsets this often.
     commit_interval_ms: int = Field(default=1000, ge=10)
+    # A worker that stops heart-beating for this long loses its partitions.
+    session_timeout_ms: int = Field(default=45_000, ge=6_000, le=300_000)
 
 
 class Settings(_Strict):

@@ -81,7 +81,7 @@ start_kinesis() {
   if pid_alive "$pidfile"; then say "kinesis endpoint already running (pid $(cat "$pidfile")) on 127.0.0.1:$KINESIS_PORT"; return 0; fi
   port_in_use "$KINESIS_PORT" && die "port $KINESIS_PORT is already in use by another process: stop it or set KINESIS_PORT"
   say "starting moto's Kinesis endpoint on 127.0.0.1:$KINESIS_PORT"
-  setsid nohup "$PYTHON" -m moto.server -H 127.0.0.1 -p "$KINESIS_PORT" \
+  setsid nohup "$PYTHON" "$here/kinesis_server.py" -H 127.0.0.1 -p "$KINESIS_PORT" \
       > "$STACK_DIR/kinesis.log" 2>&1 < /dev/null &
   echo $! > "$pidfile"
 }

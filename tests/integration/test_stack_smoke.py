@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -109,3 +110,36 @@ def test_put_records_and_read_back_every_shard(
         i = int(data.decode().split("-")[1])
         order[f"key-{i % 25}"].append(i)
     assert all(seq == sorted(seq) for seq in order.values())
+
+
+def test_concurrent_puts_to_one_shard_keep_every_record(
+    stack: Stack, kinesis_stream: StreamFactory, unique_name: str
+) -> None:
+    """The local endpoint must not lose records under concurrent PutRecords (as moto 5.2 does)."""
+    stream = kinesis_stream(unique_name, shards=1)
+
+    def put(worker: int) -> None:
+        client = stack.kinesis()
+        for call in range(25):
+            records = [
+                {"Data": f"{worker}-{call}-{i}".encode(), "PartitionKey": f"k{worker}"}
+                for i in range(20)
+            ]
+            assert client.put_records(StreamName=stream, Records=records)["FailedRecordCount"] == 0
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(8)))
+
+    client = stack.kinesis()
+    shard = client.list_shards(StreamName=stream)["Shards"][0]["ShardId"]
+    iterator = client.get_shard_iterator(
+        StreamName=stream, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    data: list[bytes] = []
+    while iterator:
+        page = client.get_records(ShardIterator=iterator, Limit=10_000)
+        data.extend(r["Data"] for r in page["Records"])
+        if not page["Records"]:
+            break
+        iterator = page["NextShardIterator"]
+    assert len(data) == len(set(data)) == 8 * 25 * 20
