@@ -77,14 +77,20 @@ def free_port() -> int:
 class WorkerProcess:
     """`python -m worker run` as a child process, as users run it."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, name: str = "worker") -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        name: str = "worker",
+        data_dir: Path | None = None,
+    ) -> None:
         self.config = config
         self.workdir = workdir
         self.name = name
         self.port = free_port()
         self.config_path = workdir / f"{name}.yaml"
         self.log_path = workdir / f"{name}.log"
-        self.data_dir = workdir / f"{name}-data"
+        self.data_dir = data_dir or workdir / f"{name}-data"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 90) -> None:

@@ -208,6 +208,9 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         broker_heartbeat_interval=min(3.0, runtime.session_timeout_ms / 3000),
         worker_redirect_stdouts=False,
     )
+    # Tables are written a batch at a time; Faust's default (100 pending
+    # changelog messages) would stall every batch in producer flushes.
+    app.producer.buffer.max_messages = max(1000, 4 * runtime.batch_max_events)
     inputs = app.topic(
         kafka.qualifications_topic,
         kafka.profiles_topic,

@@ -154,8 +154,10 @@ class Deployment:
             with contextlib.suppress(Exception):  # already gone
                 self.kinesis.delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
 
-    def worker(self, name: str = "worker", **runtime: Any) -> WorkerProcess:
-        worker = WorkerProcess(self.config(**runtime), self.workdir, name)
+    def worker(
+        self, name: str = "worker", data_dir: Path | None = None, **runtime: Any
+    ) -> WorkerProcess:
+        worker = WorkerProcess(self.config(**runtime), self.workdir, name, data_dir)
         self.workers.append(worker)
         self.sent = 0
         return worker
@@ -440,9 +442,11 @@ def test_bad_events_go_to_the_dead_letter_topic(deployment: Deployment) -> None:
     assert isinstance(first["source"]["offset"], int)
 
 
-def test_restart_recovers_state_from_the_changelog(
-    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_restart_recovers_state(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
+    """memory:// rebuilds the tables from the changelog; rocksdb:// reopens them from disk."""
     deployment = Deployment(stack, f"it-restart-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
     deployment.create()
     try:
@@ -467,7 +471,7 @@ def test_restart_recovers_state_from_the_changelog(
             assert time.monotonic() < deadline
         assert worker.stop() == 0, worker.log()
 
-        restarted = deployment.worker("restarted")
+        restarted = deployment.worker("restarted", data_dir=worker.data_dir, store=store)
         restarted.start(wait_ready=False)
         recovery_s = restarted.wait_ready()
         # Duplicates after the restart export nothing; the marker exit does.
@@ -492,7 +496,7 @@ def test_restart_recovers_state_from_the_changelog(
         assert len(reader.records) == len(profiles) + 1
         assert restarted.stop() == 0
         with capsys.disabled():
-            print(f"\n[restart] {len(profiles)} profiles: ready again in {recovery_s:.2f}s")
+            print(f"\n[restart {store}] {len(profiles)} profiles: ready again in {recovery_s:.2f}s")
     finally:
         deployment.destroy()
 
