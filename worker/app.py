@@ -25,7 +25,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import metrics
-from worker.kinesis import AioBotoTransport, KinesisWriter, TransportError
+from worker.kinesis import AioBotoTransport, KinesisWriter, TransportError, WriterConfig
 from worker.pipeline import BatchProcessor, Destination, InputMessage
 from worker.settings import ConfigError, Settings
 
@@ -228,6 +228,10 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         writer = KinesisWriter(
             destination.stream,
             AioBotoTransport(destination),
+            WriterConfig(
+                shard_records_per_s=destination.shard_records_per_s,
+                shard_bytes_per_s=destination.shard_bytes_per_s,
+            ),
             on_reply=_on_reply,
             on_retry=_on_retry,
             on_fatal=_on_fatal,
@@ -331,7 +335,7 @@ async def _process_until_done(processor: BatchProcessor, messages: list[InputMes
         except Exception:
             attempt += 1
             log.exception("batch of %d events failed; retry %d", len(messages), attempt)
-            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
 
 
 def _on_reply(stream: str, sent: int, failed: int, elapsed: float) -> None:

@@ -82,6 +82,10 @@ class DestinationSettings(_Strict):
     partition_key_namespaces: list[str] = Field(default_factory=list)
     segments: list[SegmentSettings] = Field(min_length=1)
     attributes: list[str] = Field(default_factory=list)
+    # Write limits per shard (provisioned streams: 1,000 records/s, 1 MiB/s);
+    # 0 turns a limit off, e.g. for on-demand streams.
+    shard_records_per_s: int = Field(default=1000, ge=0)
+    shard_bytes_per_s: int = Field(default=1024 * 1024, ge=0)
 
     @field_validator("partition_key_namespaces")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -102,6 +103,9 @@ class FakeTransport:
         if self.describe_error is not None:
             raise self.describe_error
         return self.summary
+
+    async def list_shards(self, stream: str) -> list[dict[str, Any]]:
+        return []  # no shard map: the writer does not rate-limit
 
     async def close(self) -> None:
         self.closed = True

@@ -175,6 +175,9 @@ class FakeTransport:
     async def describe_stream(self, stream: str) -> StreamSummary:
         return StreamSummary("ACTIVE", 1, self.max_record_bytes)
 
+    async def list_shards(self, stream: str) -> list[dict[str, Any]]:
+        return []  # no shard map: the writer does not rate-limit
+
     async def close(self) -> None:
         pass
 

@@ -64,6 +64,8 @@ class Transport(Protocol):
 
     async def describe_stream(self, stream: str) -> StreamSummary: ...
 
+    async def list_shards(self, stream: str) -> list[dict[str, Any]]: ...
+
     async def close(self) -> None: ...
 
 
@@ -90,7 +92,9 @@ class AioBotoTransport:
                 if auth.session_token is not None:
                     session_args["aws_session_token"] = auth.session_token.get_secret_value()
             config = Config(
-                retries={"max_attempts": 1, "mode": "standard"},  # we retry, in order
+                # One attempt per call: botocore's own retries ("max_attempts" counts
+                # retries, not attempts) would resend behind the writer's back.
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=30,
                 max_pool_connections=32,
@@ -141,6 +145,23 @@ class AioBotoTransport:
             open_shards=int(summary.get("OpenShardCount", 0)),
             max_record_bytes=int(max_kib) * 1024 if max_kib else DEFAULT_MAX_RECORD_BYTES,
         )
+
+    async def list_shards(self, stream: str) -> list[dict[str, Any]]:
+        client = await self._kinesis()
+        shards: list[dict[str, Any]] = []
+        arguments: dict[str, Any] = {"StreamName": stream}
+        try:
+            while True:
+                reply = await client.list_shards(**arguments)
+                shards.extend(reply["Shards"])
+                token = reply.get("NextToken")
+                if not token:
+                    return shards
+                arguments = {"NextToken": token}
+        except ClientError as exc:
+            raise _translate(exc) from exc
+        except (BotoCoreError, OSError, TimeoutError) as exc:
+            raise TransportError(type(exc).__name__, str(exc), fatal=False) from exc
 
     async def close(self) -> None:
         await self._stack.aclose()

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from worker.kinesis._shards import ShardMap, ShardRateLimiter
 from worker.kinesis._transport import (
     DEFAULT_MAX_RECORD_BYTES,
     PutReply,
@@ -55,6 +57,11 @@ class WriterConfig:
     backoff_max_s: float = 5.0
     # Stream missing, access denied: checked again this often until it works.
     fatal_retry_s: float = 10.0
+    # Per-shard write limits of provisioned streams; 0 turns a limit off.
+    shard_records_per_s: int = 1000
+    shard_bytes_per_s: int = 1024 * 1024
+    # Shards are listed again this often, to follow resharding.
+    shard_refresh_s: float = 60.0
 
 
 @dataclass(slots=True)
@@ -84,6 +91,11 @@ class KinesisWriter:
         self._on_reply = on_reply
         self._on_retry = on_retry
         self._on_fatal = on_fatal
+        self._shards: ShardMap | None = None
+        self._shards_listed_at = float("-inf")
+        self._limiter = ShardRateLimiter(
+            self._config.shard_records_per_s, self._config.shard_bytes_per_s
+        )
 
     async def start(self) -> None:
         """Reads the stream's maximum record size; a failure keeps the default."""
@@ -94,6 +106,16 @@ class KinesisWriter:
             return
         self.max_record_bytes = summary.max_record_bytes
         self.writable = summary.status in ("ACTIVE", "UPDATING")
+        await self._refresh_shards()
+
+    async def _refresh_shards(self) -> None:
+        self._shards_listed_at = time.monotonic()
+        try:
+            shards = ShardMap.from_list_shards(await self._transport.list_shards(self.stream))
+        except TransportError as exc:
+            log.warning("cannot list shards of %s: %s", self.stream, exc)
+            return
+        self._shards = shards if len(shards) else None
 
     async def close(self) -> None:
         await self._transport.close()
@@ -124,8 +146,13 @@ class KinesisWriter:
                 queues.setdefault(record.partition_key, deque()).append(index)
         isolate: set[int] = set()
         attempt = 0
+        if time.monotonic() - self._shards_listed_at > self._config.shard_refresh_s:
+            await self._refresh_shards()
+        shard_of: dict[str, str | None] = {}
         while queues:
             wave = [queue[0] for queue in queues.values()]
+            if self._shards is not None:
+                wave = await self._within_shard_limits(records, wave, shard_of)
             failed, fatal = await self._send_wave(records, wave, outcomes, isolate)
             for index in wave:
                 if outcomes[index] is not None:
@@ -149,11 +176,37 @@ class KinesisWriter:
                 self._on_fatal(self.stream, None)
             if failed:
                 attempt += 1
-                cap = min(self._config.backoff_max_s, self._config.backoff_base_s * 2**attempt)
+                # The exponent is capped: 2**1024 would overflow a float.
+                cap = min(
+                    self._config.backoff_max_s, self._config.backoff_base_s * 2 ** min(attempt, 32)
+                )
                 await asyncio.sleep(random.uniform(0, cap))  # full jitter
             else:
                 attempt = 0
         return [outcome or ACCEPTED for outcome in outcomes]
+
+    async def _within_shard_limits(
+        self, records: Sequence[Record], wave: list[int], shard_of: dict[str, str | None]
+    ) -> list[int]:
+        """The part of the wave its shards can take now; waits when none can."""
+        assert self._shards is not None
+        while True:
+            now = time.monotonic()
+            allowed = []
+            wait = float("inf")
+            for index in wave:
+                key = records[index].partition_key
+                shard = shard_of.get(key)
+                if shard is None and key not in shard_of:
+                    shard = shard_of[key] = self._shards.shard_for(key)
+                size = len(records[index].data) + len(key.encode())
+                if self._limiter.try_take(shard, size, now):
+                    allowed.append(index)
+                else:
+                    wait = min(wait, self._limiter.wait_time(shard, size, now))
+            if allowed:
+                return allowed
+            await asyncio.sleep(max(wait, 0.001))
 
     async def _send_wave(
         self,
