@@ -278,3 +278,23 @@ class StreamReader:
             if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.2)
+
+
+class ProxyThread:
+    """A KinesisFaultProxy on its own event loop in a thread, for sync tests."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+
+        from tests.faults.kinesis_proxy import KinesisFaultProxy
+
+        self.proxy = KinesisFaultProxy(upstream)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.url: str = asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

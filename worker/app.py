@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,10 +187,21 @@ class WebServer(Service):
             await writer.close()
 
 
+class WorkerApp(faust.App):
+    """Faust's App, with our batches drained before Faust stops the consumer."""
+
+    drain: Callable[[], Awaitable[None]] | None = None
+
+    async def on_stop(self) -> None:
+        if self.drain is not None:
+            await self.drain()
+        await super().on_stop()
+
+
 def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list[Service]]:
     runtime = settings.runtime
     kafka = settings.kafka
-    app = faust.App(
+    app = WorkerApp(
         settings.app_id,
         broker=f"kafka://{kafka.bootstrap_servers}",
         store=runtime.store,
@@ -244,19 +256,16 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         DeadLetterTopic(app, kafka.dlq_topic),
     )
 
+    runner = BatchRunner(
+        processor,
+        runtime.batch_max_events,
+        runtime.batch_linger_ms / 1000,
+    )
+    app.drain = lambda: runner.drain(runtime.shutdown_timeout_s)
+
     @app.agent(inputs, concurrency=1, name="export")
     async def export(stream: Any) -> None:
-        # Acks are ours: an event is acknowledged only once its batch is done.
-        manual = stream.noack()
-        batches = EventBatches(runtime.batch_max_events, runtime.batch_linger_ms / 1000)
-        processing = asyncio.ensure_future(_process_batches(batches, manual, processor))
-        try:
-            async for event in manual.events():
-                await batches.put(event)
-                if processing.done():
-                    processing.result()  # a crash surfaces here, and restarts the agent
-        finally:
-            processing.cancel()
+        await runner.run(stream)
 
     writers = [d.writer for d in destinations]
     services: list[Service] = [WebServer(app, runtime.web_host, runtime.web_port, writers)]
@@ -279,6 +288,15 @@ class EventBatches:
         self._linger = linger_s
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_events)
 
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def take_all(self) -> list[Any]:
+        taken = []
+        while not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        return taken
+
     async def put(self, event: Any) -> None:
         await self._queue.put(event)
 
@@ -300,23 +318,83 @@ class EventBatches:
         return batch
 
 
-async def _process_batches(batches: EventBatches, stream: Any, processor: BatchProcessor) -> None:
-    while True:
-        events = await batches.next_batch()
-        messages = [
-            InputMessage(
-                e.message.topic,
-                e.message.partition,
-                e.message.offset,
-                e.message.key,
-                e.message.value,
-                e,
+class BatchRunner:
+    """Feeds the agent's events to the processor in batches; acks after each batch.
+
+    On shutdown, :meth:`drain` stops taking events and lets the batches already
+    taken finish, for at most a deadline: their offsets are then committed by
+    Faust's own shutdown, and a restart sends nothing twice. What is not done
+    by the deadline is abandoned unacknowledged and replayed by the next owner.
+    """
+
+    def __init__(self, processor: BatchProcessor, max_events: int, linger_s: float) -> None:
+        self._processor = processor
+        self._batches = EventBatches(max_events, linger_s)
+        self._idle = asyncio.Event()
+        self._draining = False
+        self._processing: asyncio.Future[None] | None = None
+        self._in_flight: list[Any] = []
+
+    async def run(self, stream: Any) -> None:
+        manual = stream.noack()  # acks are ours
+        self._processing = asyncio.ensure_future(self._process(manual))
+        try:
+            async for event in manual.events():
+                if self._draining:
+                    _withhold([event])
+                    continue
+                await self._batches.put(event)
+                if self._processing.done():
+                    self._processing.result()  # a crash surfaces here and restarts the agent
+        finally:
+            self._processing.cancel()
+
+    async def _process(self, stream: Any) -> None:
+        while True:
+            if self._batches.empty():
+                self._idle.set()
+            events = await self._batches.next_batch()
+            self._in_flight = events
+            self._idle.clear()
+            messages = [
+                InputMessage(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    e,
+                )
+                for e in events
+            ]
+            await _process_until_done(self._processor, messages)
+            for event in events:
+                await stream.ack(event)
+            self._in_flight = []
+
+    async def drain(self, timeout_s: float) -> None:
+        self._draining = True
+        if self._processing is None or self._processing.done():
+            return
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            log.info("drained in-flight batches in %.2fs", time.monotonic() - started)
+        except TimeoutError:
+            log.warning(
+                "in-flight batches not done after %.0fs: left unacknowledged for replay",
+                timeout_s,
             )
-            for e in events
-        ]
-        await _process_until_done(processor, messages)
-        for event in events:
-            await stream.ack(event)
+            self._processing.cancel()
+            _withhold(self._in_flight + self._batches.take_all())
+
+
+def _withhold(events: Sequence[Any]) -> None:
+    """Leaves events unacknowledged for good: their offsets are not committed and
+    the next owner replays them. Marked done on the message itself so that
+    Faust's shutdown (which waits for every unacknowledged message) lets go."""
+    for event in events:
+        event.message.acked = True
 
 
 async def _process_until_done(processor: BatchProcessor, messages: list[InputMessage]) -> None:

@@ -138,6 +138,9 @@ class RuntimeSettings(_Strict):
     batch_linger_ms: int = Field(default=100, ge=1, le=60_000)
     # Faust commits acknowledged offsets this often.
     commit_interval_ms: int = Field(default=1000, ge=10)
+    # On SIGTERM, batches already taken get this long to finish before the
+    # worker leaves the group (what is left is replayed, never lost).
+    shutdown_timeout_s: float = Field(default=20.0, ge=0, le=600)
     # A worker that stops heart-beating for this long loses its partitions.
     session_timeout_ms: int = Field(default=45_000, ge=6_000, le=300_000)
 

@@ -24,6 +24,7 @@ from aiokafka.admin import NewTopic
 
 from tests.support import (
     REPO,
+    ProxyThread,
     Stack,
     StreamReader,
     WorkerProcess,
@@ -614,4 +615,85 @@ def test_killing_the_worker_loses_nothing(
                 f"after a SIGKILL and a SIGTERM: {duplicates} duplicates, 0 lost, 0 out of order"
             )
     finally:
+        deployment.destroy()
+
+
+def test_sigterm_drains_in_flight_batches_and_commits(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGTERM mid-stream finishes what was taken: after the restart nothing repeats."""
+    deployment = Deployment(stack, f"it-term-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
+    deployment.create()
+    try:
+        profiles = [f"t-{i:05d}" for i in range(6000)]
+        deployment.send(
+            *[
+                ("q", p, qualification(p, SEG_A, "realized", "2021-08-01T00:00:00Z", ecid(p)))
+                for p in profiles
+            ]
+        )
+        reader = StreamReader(deployment.kinesis, deployment.streams[0])
+        worker = deployment.worker(batch_max_events=500)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while len(reader.records) < 1000:
+            assert time.monotonic() < deadline, worker.log()
+            reader.poll()
+        started = time.monotonic()
+        assert worker.stop() == 0, worker.log()
+        stop_s = time.monotonic() - started
+        deployment.worker("after").start()
+        deadline = time.monotonic() + 120
+        while True:
+            reader = StreamReader(deployment.kinesis, deployment.streams[0])
+            reader.poll()
+            keys = [key for key, _ in reader.records]
+            if len(set(keys)) == len(profiles) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(set(keys)) == len(profiles), "nothing lost"
+        assert len(keys) == len(profiles), f"{len(keys) - len(profiles)} records sent twice"
+        with capsys.disabled():
+            print(f"\n[sigterm] stopped in {stop_s:.2f}s; {len(keys)} records, 0 duplicates")
+    finally:
+        deployment.destroy()
+
+
+def test_sigterm_during_an_outage_stops_within_the_deadline(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kinesis refuses everything, SIGTERM: the worker leaves after shutdown_timeout_s
+    with the batch unacknowledged, and the next worker delivers it."""
+    deployment = Deployment(stack, f"it-out-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
+    deployment.create()
+    proxy = ProxyThread(stack.kinesis_endpoint)
+    try:
+        profiles = [f"o-{i:04d}" for i in range(400)]
+        message = [
+            ("q", p, qualification(p, SEG_A, "realized", "2021-09-01T00:00:00Z", ecid(p)))
+            for p in profiles
+        ]
+        worker = deployment.worker(shutdown_timeout_s=3)
+        for destination in worker.config["destinations"]:
+            destination["endpoint_url"] = proxy.url
+        worker.start()
+        proxy.proxy.faults.outage_for(600)
+        deployment.send(*message)
+        time.sleep(3)  # the batch is taken and stuck in retries
+        started = time.monotonic()
+        assert worker.stop(timeout=30) == 0, worker.log()
+        stop_s = time.monotonic() - started
+        assert "left unacknowledged for replay" in worker.log(400)
+        proxy.proxy.faults.clear()
+        deployment.worker("after").start()
+        reader = deployment.readers[deployment.streams[0]]
+        deadline = time.monotonic() + 60
+        while len({k for k, _ in reader.records}) < len(profiles):
+            assert time.monotonic() < deadline, "records lost"
+            reader.poll()
+            time.sleep(0.2)
+        with capsys.disabled():
+            print(f"\n[outage+sigterm] stopped in {stop_s:.2f}s, {len(profiles)} records after")
+    finally:
+        proxy.close()
         deployment.destroy()
