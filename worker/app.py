@@ -260,6 +260,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         processor,
         runtime.batch_max_events,
         runtime.batch_linger_ms / 1000,
+        runtime.max_buffer_bytes,
     )
     app.drain = lambda: runner.drain(runtime.shutdown_timeout_s)
 
@@ -280,13 +281,31 @@ class EventBatches:
     in our kill/restart test some events between two of its batches never
     reached the agent while their offsets were committed: records were lost.
     With a manual-ack stream, an event is acknowledged only after its batch.
-    The queue is bounded: when processing lags, the stream stops being read.
+
+    Back-pressure: the bytes of events taken and not yet done (queued or in
+    the batch being put) are bounded by ``max_bytes``; at the bound ``put``
+    waits, so the stream stops being read until a batch is done. The queue
+    also holds at most ``max_events`` events.
     """
 
-    def __init__(self, max_events: int, linger_s: float) -> None:
+    def __init__(self, max_events: int, linger_s: float, max_bytes: int) -> None:
         self._max = max_events
         self._linger = linger_s
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_events)
+        self._max_bytes = max_bytes
+        self.buffered_bytes = 0
+        self._room = asyncio.Condition()
+
+    @staticmethod
+    def size(event: Any) -> int:
+        message = event.message
+        return len(message.key or b"") + len(message.value or b"")
+
+    async def release(self, events: Sequence[Any]) -> None:
+        """The events are done (or abandoned): their bytes are free again."""
+        async with self._room:
+            self.buffered_bytes -= sum(self.size(e) for e in events)
+            self._room.notify_all()
 
     def empty(self) -> bool:
         return self._queue.empty()
@@ -298,6 +317,14 @@ class EventBatches:
         return taken
 
     async def put(self, event: Any) -> None:
+        size = self.size(event)
+        async with self._room:
+            # One event always fits, however large, so nothing can wedge.
+            await self._room.wait_for(
+                lambda: self.buffered_bytes == 0 or self.buffered_bytes + size <= self._max_bytes
+            )
+            self.buffered_bytes += size
+        metrics.BUFFERED_BYTES.set(self.buffered_bytes)
         await self._queue.put(event)
 
     async def next_batch(self) -> list[Any]:
@@ -327,9 +354,11 @@ class BatchRunner:
     by the deadline is abandoned unacknowledged and replayed by the next owner.
     """
 
-    def __init__(self, processor: BatchProcessor, max_events: int, linger_s: float) -> None:
+    def __init__(
+        self, processor: BatchProcessor, max_events: int, linger_s: float, max_bytes: int
+    ) -> None:
         self._processor = processor
-        self._batches = EventBatches(max_events, linger_s)
+        self._batches = EventBatches(max_events, linger_s, max_bytes)
         self._idle = asyncio.Event()
         self._draining = False
         self._processing: asyncio.Future[None] | None = None
@@ -371,6 +400,8 @@ class BatchRunner:
             for event in events:
                 await stream.ack(event)
             self._in_flight = []
+            await self._batches.release(events)
+            metrics.BUFFERED_BYTES.set(self._batches.buffered_bytes)
 
     async def drain(self, timeout_s: float) -> None:
         self._draining = True

@@ -34,4 +34,7 @@ BATCH_SECONDS = Histogram(
     "Time to process one batch of input events, puts included",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+BUFFERED_BYTES = Gauge(
+    "kd_buffered_bytes", "Input bytes taken from Kafka and not yet done (queued or being put)"
+)
 READY = Gauge("kd_ready", "1 when tables are recovered and every stream is writable")

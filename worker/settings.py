@@ -136,6 +136,9 @@ class RuntimeSettings(_Strict):
     # Events taken from Kafka per batch, and the longest wait to fill one.
     batch_max_events: int = Field(default=2000, ge=1, le=100_000)
     batch_linger_ms: int = Field(default=100, ge=1, le=60_000)
+    # Input bytes taken from Kafka and not yet done (queued or being put); at
+    # the bound the worker stops reading until a batch is done.
+    max_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Faust commits acknowledged offsets this often.
     commit_interval_ms: int = Field(default=1000, ge=10)
     # On SIGTERM, batches already taken get this long to finish before the

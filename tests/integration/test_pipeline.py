@@ -697,3 +697,65 @@ def test_sigterm_during_an_outage_stops_within_the_deadline(
     finally:
         proxy.close()
         deployment.destroy()
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_stays_flat_during_a_throttling_storm(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kinesis throttles every record for 60 s while events keep coming: the worker
+    stops reading at its buffer bound, its RSS stays flat, and nothing is lost."""
+    buffer = 4 * 1024 * 1024
+    deployment = Deployment(stack, f"it-storm-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
+    deployment.create()
+    proxy = ProxyThread(stack.kinesis_endpoint)
+    try:
+        # Many events per batch: the byte bound, not the event count, must hold.
+        worker = deployment.worker(max_buffer_bytes=buffer, batch_max_events=50_000)
+        for destination in worker.config["destinations"]:
+            destination["endpoint_url"] = proxy.url
+        worker.start()
+        assert worker.process is not None
+        pid = worker.process.pid
+        proxy.proxy.faults.throttle_share = 1.0
+        profiles = [f"s-{i:05d}" for i in range(40_000)]
+        deployment.send(
+            *[
+                ("q", p, qualification(p, SEG_A, "realized", "2021-10-01T00:00:00Z", ecid(p)))
+                for p in profiles
+            ]
+        )
+        samples: list[int] = []
+        buffered: list[float] = []
+        storm_started = time.monotonic()
+        while time.monotonic() - storm_started < 60:
+            samples.append(_rss_bytes(pid))
+            buffered.append(worker.metric("kd_buffered_bytes"))
+            time.sleep(1)
+        baseline = samples[5]
+        growth = max(samples[5:]) - baseline
+        assert max(buffered) <= buffer + 1024, "the input buffer stays within its bound"
+        assert growth < buffer + 32 * 1024 * 1024, f"RSS grew {growth / 2**20:.1f} MiB"
+        proxy.proxy.faults.clear()
+        reader = deployment.readers[deployment.streams[0]]
+        deadline = time.monotonic() + 120
+        while len({k for k, _ in reader.records}) < len(profiles):
+            assert time.monotonic() < deadline, "records lost after the storm"
+            reader.poll()
+            time.sleep(0.5)
+        with capsys.disabled():
+            print(
+                f"\n[storm] 60 s of 100% throttling, {len(profiles)} events: RSS "
+                f"{baseline / 2**20:.0f} MiB -> max {max(samples[5:]) / 2**20:.0f} MiB "
+                f"(+{growth / 2**20:.1f} MiB), buffer max {max(buffered) / 2**20:.2f} MiB "
+                f"of {buffer / 2**20:.0f}; all delivered after"
+            )
+    finally:
+        proxy.close()
+        deployment.destroy()
