@@ -35,6 +35,7 @@ import asyncio
 import math
 import random
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -143,6 +144,15 @@ class _Plan:
     failures: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SeenRequest:
+    """What a test may want to know of a request: its API and who signed it."""
+
+    target: str | None  # X-Amz-Target (JSON APIs such as Kinesis); None for query APIs
+    access_key_id: str | None
+    form: dict[str, list[str]]  # the parsed body of query APIs such as STS
+
+
 class KinesisFaultProxy:
     """An aiohttp server on 127.0.0.1 forwarding to ``upstream`` with :attr:`faults`."""
 
@@ -157,6 +167,7 @@ class KinesisFaultProxy:
         # the faults there at an exact point (say, once N records were throttled).
         self.on_call: Callable[[KinesisFaultProxy], None] | None = None
         self.url: str | None = None
+        self.seen: list[SeenRequest] = []
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -200,6 +211,7 @@ class KinesisFaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.counters.calls += 1
+        await self._note(request)
         if self.on_call is not None:
             self.on_call(self)
         faults = self.faults
@@ -211,6 +223,17 @@ class KinesisFaultProxy:
         if request.headers.get("X-Amz-Target") != PUT_RECORDS_TARGET:
             return await self._forward_untouched(request)
         return await self._put_records(request)
+
+    async def _note(self, request: web.Request) -> None:
+        authorization = request.headers.get("Authorization", "")
+        key_id = None
+        if "Credential=" in authorization:
+            key_id = authorization.split("Credential=", 1)[1].split("/", 1)[0]
+        target = request.headers.get("X-Amz-Target")
+        form: dict[str, list[str]] = {}
+        if target is None:
+            form = urllib.parse.parse_qs((await request.read()).decode(errors="replace"))
+        self.seen.append(SeenRequest(target, key_id, form))
 
     async def _forward_untouched(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()

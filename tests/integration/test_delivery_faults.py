@@ -231,3 +231,80 @@ async def test_a_key_throttled_for_over_a_thousand_waves_is_still_delivered(
         await writer.close()
     assert outcomes == [Outcome(accepted=True)]
     assert proxy.counters.records_throttled >= 1_100
+
+
+async def test_role_is_assumed_with_the_external_id_and_used_for_kinesis(
+    stack: Stack, kinesis_stream: StreamFactory, unique_name: str
+) -> None:
+    """auth.role_arn + external_id: AssumeRole on the endpoint's STS, then Kinesis
+    calls signed with the temporary credentials (ASIA...), not the base keys."""
+    stream = kinesis_stream(unique_name, shards=1)
+    async with KinesisFaultProxy(stack.kinesis_endpoint) as proxy:
+        assert proxy.url is not None
+        destination = DestinationSettings.model_validate(
+            {
+                "name": "role",
+                "stream": stream,
+                "region": "us-east-1",
+                "endpoint_url": proxy.url,
+                "auth": {
+                    "access_key_id": "AKIABASEKEY000000000",
+                    "secret_access_key": "base-secret",
+                    "role_arn": "arn:aws:iam::123456789012:role/kinesis-writer",
+                    "external_id": "ext-42",
+                },
+                "segments": [{"id": "s"}],
+            }
+        )
+        writer = KinesisWriter(stream, AioBotoTransport(destination))
+        await writer.start()
+        try:
+            outcomes = await writer.put_all([Record(b"hello", "k1"), Record(b"again", "k2")])
+        finally:
+            await writer.close()
+    assert all(o.accepted for o in outcomes)
+    assume = [r for r in proxy.seen if r.form.get("Action") == ["AssumeRole"]]
+    assert len(assume) == 1, "assumed once, reused while valid"
+    assert assume[0].form["ExternalId"] == ["ext-42"]
+    assert assume[0].form["RoleArn"] == ["arn:aws:iam::123456789012:role/kinesis-writer"]
+    assert assume[0].access_key_id == "AKIABASEKEY000000000", "STS called with the base keys"
+    kinesis_calls = [r for r in proxy.seen if r.target is not None]
+    assert kinesis_calls
+    assert all(r.access_key_id and r.access_key_id.startswith("ASIA") for r in kinesis_calls)
+
+
+async def test_role_credentials_are_renewed_before_they_expire(
+    stack: Stack,
+    kinesis_stream: StreamFactory,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Credentials that expire within botocore's 15-minute window are renewed on use."""
+    monkeypatch.setattr("worker.kinesis._transport.ROLE_SESSION_SECONDS", 900)
+    # No keys in the configuration: the base credentials come from the default chain.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMENVIRONMENT0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-environment")
+    stream = kinesis_stream(unique_name, shards=1)
+    async with KinesisFaultProxy(stack.kinesis_endpoint) as proxy:
+        destination = DestinationSettings.model_validate(
+            {
+                "name": "role",
+                "stream": stream,
+                "region": "us-east-1",
+                "endpoint_url": proxy.url,
+                "auth": {"role_arn": "arn:aws:iam::123456789012:role/kinesis-writer"},
+                "segments": [{"id": "s"}],
+            }
+        )
+        writer = KinesisWriter(stream, AioBotoTransport(destination))
+        await writer.start()
+        try:
+            for i in range(3):
+                assert (await writer.put_all([Record(b"x", f"k{i}")]))[0].accepted
+        finally:
+            await writer.close()
+    keys = [r.access_key_id for r in proxy.seen if r.target is not None]
+    assert sum(1 for r in proxy.seen if r.form.get("Action") == ["AssumeRole"]) >= 2
+    assert len(set(keys)) >= 2, "later calls signed with renewed credentials"
+    assume = [r for r in proxy.seen if r.form.get("Action") == ["AssumeRole"]]
+    assert assume[0].access_key_id == "AKIAFROMENVIRONMENT0"

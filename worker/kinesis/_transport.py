@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aioboto3
+from aiobotocore.credentials import AioRefreshableCredentials
+from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.settings import DestinationSettings
+
+log = logging.getLogger(__name__)
 
 # Whole-call errors that no retry soon can fix: the stream or the permission is missing.
 FATAL_CODES = frozenset(
@@ -70,6 +76,9 @@ class Transport(Protocol):
 
 
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+# Lifetime asked of assumed-role credentials; botocore renews them 15 minutes
+# before they expire.
+ROLE_SESSION_SECONDS = 3600
 
 
 class AioBotoTransport:
@@ -82,15 +91,6 @@ class AioBotoTransport:
 
     async def _kinesis(self) -> Any:
         if self._client is None:
-            auth = self._destination.auth
-            session_args: dict[str, Any] = {"region_name": self._destination.region}
-            if auth is not None and auth.access_key_id is not None:
-                session_args["aws_access_key_id"] = auth.access_key_id
-                session_args["aws_secret_access_key"] = (
-                    auth.secret_access_key.get_secret_value() if auth.secret_access_key else None
-                )
-                if auth.session_token is not None:
-                    session_args["aws_session_token"] = auth.session_token.get_secret_value()
             config = Config(
                 # One attempt per call: botocore's own retries ("max_attempts" counts
                 # retries, not attempts) would resend behind the writer's back.
@@ -99,13 +99,55 @@ class AioBotoTransport:
                 read_timeout=30,
                 max_pool_connections=32,
             )
-            session = aioboto3.Session(**session_args)
             self._client = await self._stack.enter_async_context(
-                session.client(
+                self._session().client(
                     "kinesis", endpoint_url=self._destination.endpoint_url, config=config
                 )
             )
         return self._client
+
+    def _session(self) -> aioboto3.Session:
+        """Static keys, the default credential chain, or an assumed role on top of either."""
+        auth = self._destination.auth
+        region = self._destination.region
+        base_args: dict[str, Any] = {"region_name": region}
+        if auth is not None and auth.access_key_id is not None:
+            base_args["aws_access_key_id"] = auth.access_key_id
+            base_args["aws_secret_access_key"] = (
+                auth.secret_access_key.get_secret_value() if auth.secret_access_key else None
+            )
+            if auth.session_token is not None:
+                base_args["aws_session_token"] = auth.session_token.get_secret_value()
+        base = aioboto3.Session(**base_args)
+        if auth is None or auth.role_arn is None:
+            return base
+        role_arn, external_id = auth.role_arn, auth.external_id
+        # STS of the same local endpoint in tests; the regional STS otherwise.
+        sts_endpoint = self._destination.endpoint_url
+
+        async def assume_role() -> dict[str, str]:
+            arguments: dict[str, Any] = {
+                "RoleArn": role_arn,
+                "RoleSessionName": "kinesis-destination",
+                "DurationSeconds": ROLE_SESSION_SECONDS,
+            }
+            if external_id is not None:
+                arguments["ExternalId"] = external_id
+            async with base.client("sts", endpoint_url=sts_endpoint) as sts:
+                reply = await sts.assume_role(**arguments)
+            credentials = reply["Credentials"]
+            log.info("assumed role %s until %s", role_arn, credentials["Expiration"])
+            return {
+                "access_key": credentials["AccessKeyId"],
+                "secret_key": credentials["SecretAccessKey"],
+                "token": credentials["SessionToken"],
+                "expiry_time": credentials["Expiration"].isoformat(),
+            }
+
+        # Refreshed by botocore before they expire (15 minutes ahead), on use.
+        botocore_session = get_session()
+        botocore_session._credentials = _LazyRoleCredentials(assume_role)
+        return aioboto3.Session(botocore_session=botocore_session, region_name=region)
 
     async def put_records(
         self, stream: str, records: Sequence[tuple[bytes, str]]
@@ -166,6 +208,20 @@ class AioBotoTransport:
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+
+
+class _LazyRoleCredentials(AioRefreshableCredentials):  # type: ignore[misc]
+    """Role credentials fetched on first use, then refreshed before they expire."""
+
+    def __init__(self, assume_role: Any) -> None:
+        super().__init__(
+            access_key="",
+            secret_key="",
+            token="",
+            expiry_time=datetime.now(UTC),  # already due: the first use fetches
+            refresh_using=assume_role,
+            method="sts-assume-role",
+        )
 
 
 def _translate(exc: ClientError) -> TransportError:
