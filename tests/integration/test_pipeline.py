@@ -759,3 +759,66 @@ def test_memory_stays_flat_during_a_throttling_storm(
     finally:
         proxy.close()
         deployment.destroy()
+
+
+def test_end_to_end_through_throttling_an_outage_and_dropped_connections(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """20,000 exports through the worker while Kinesis throttles 30% of records,
+    fails 5%, drops 2% of connections after writing, and is down for 20 s."""
+    deployment = Deployment(stack, f"it-e2e-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
+    deployment.create()
+    proxy = ProxyThread(stack.kinesis_endpoint)
+    try:
+        worker = deployment.worker(batch_max_events=1000)
+        for destination in worker.config["destinations"]:
+            destination["endpoint_url"] = proxy.url
+        worker.start()
+        faults = proxy.proxy.faults
+        faults.throttle_share, faults.internal_failure_share, faults.drop_share = 0.3, 0.05, 0.02
+        profiles = [f"e-{i:05d}" for i in range(10_000)]
+        deployment.send(
+            *[
+                ("q", p, qualification(p, SEG_A, "realized", "2021-11-01T00:00:00Z", ecid(p)))
+                for p in profiles
+            ],
+            *[
+                ("q", p, qualification(p, SEG_A, "exited", "2021-11-02T00:00:00Z", ecid(p)))
+                for p in profiles
+            ],
+        )
+        started = time.monotonic()
+        time.sleep(3)
+        faults.outage_for(20)
+        deadline = time.monotonic() + 240
+        while True:
+            reader = StreamReader(deployment.kinesis, deployment.streams[0])
+            reader.poll()
+            statuses: dict[str, list[str]] = {}
+            for key, record in reader.records:
+                statuses.setdefault(key, []).append(ups(record)[SEG_A]["status"])
+            done = sum(1 for s in statuses.values() if s and s[-1] == "exited")
+            if done == len(profiles) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        elapsed = time.monotonic() - started
+        assert set(statuses) == {f"ecid-{p}" for p in profiles}, "every profile exported"
+        violations = 0
+        for seen in statuses.values():
+            collapsed = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]
+            violations += collapsed != ["realized", "exited"]
+        assert violations == 0, f"{violations} keys out of order or incomplete"
+        duplicates = len(reader.records) - 2 * len(profiles)
+        counters = proxy.proxy.counters
+        assert duplicates <= counters.records_in_dropped_calls, "only dropped replies repeat"
+        with capsys.disabled():
+            print(
+                f"\n[e2e faults] {2 * len(profiles)} exports in {elapsed:.0f}s: "
+                f"throttled {counters.records_throttled}, failed {counters.records_failed}, "
+                f"dropped calls {counters.connections_dropped} "
+                f"({counters.records_in_dropped_calls} records), outage refusals "
+                f"{counters.outage_refused}; {duplicates} duplicates, 0 lost, 0 out of order"
+            )
+    finally:
+        proxy.close()
+        deployment.destroy()

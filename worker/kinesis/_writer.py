@@ -154,8 +154,10 @@ class KinesisWriter:
             if self._shards is not None:
                 wave = await self._within_shard_limits(records, wave, shard_of)
             failed, fatal = await self._send_wave(records, wave, outcomes, isolate)
+            progressed = False
             for index in wave:
                 if outcomes[index] is not None:
+                    progressed = True
                     queue = queues[records[index].partition_key]
                     queue.popleft()
                     if not queue:
@@ -175,7 +177,10 @@ class KinesisWriter:
             if self._on_fatal is not None:
                 self._on_fatal(self.stream, None)
             if failed:
-                attempt += 1
+                # Back off harder only while nothing gets through: a wave in which
+                # some records were accepted restarts the backoff, so a share of
+                # failures does not slow every later wave down to the cap.
+                attempt = 1 if progressed else attempt + 1
                 # The exponent is capped: 2**1024 would overflow a float.
                 cap = min(
                     self._config.backoff_max_s, self._config.backoff_base_s * 2 ** min(attempt, 32)
