@@ -241,6 +241,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
             destination.stream,
             AioBotoTransport(destination),
             WriterConfig(
+                max_in_flight=destination.max_in_flight,
                 shard_records_per_s=destination.shard_records_per_s,
                 shard_bytes_per_s=destination.shard_bytes_per_s,
             ),

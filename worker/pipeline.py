@@ -359,12 +359,23 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Dead letters must fit in a Kafka message (1 MB by default) whatever they
+# carry: a payload over this is cut, and the source offset points to the whole.
+MAX_DEAD_LETTER_PAYLOAD = 256 * 1024
+
+
 def _payload(value: bytes | None) -> dict[str, Any]:
     if value is None:
         return {"value": None}
+    extra: dict[str, Any] = {}
+    if len(value) > MAX_DEAD_LETTER_PAYLOAD:
+        extra = {"truncated": True, "size": len(value)}
+        value = value[:MAX_DEAD_LETTER_PAYLOAD]
     try:
-        return {"value": value.decode("utf-8")}
+        return {"value": value.decode("utf-8"), **extra}
     except UnicodeDecodeError:
+        if extra:  # cut inside a UTF-8 sequence: keep the whole characters
+            return {"value": value.decode("utf-8", errors="ignore"), **extra}
         return {"valueBase64": base64.b64encode(value).decode()}
 
 

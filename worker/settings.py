@@ -86,6 +86,8 @@ class DestinationSettings(_Strict):
     # 0 turns a limit off, e.g. for on-demand streams.
     shard_records_per_s: int = Field(default=1000, ge=0)
     shard_bytes_per_s: int = Field(default=1024 * 1024, ge=0)
+    # PutRecords calls in flight at once to this stream.
+    max_in_flight: int = Field(default=8, ge=1, le=256)
 
     @field_validator("partition_key_namespaces")
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 
 from tests.support import (
@@ -821,4 +822,50 @@ def test_end_to_end_through_throttling_an_outage_and_dropped_connections(
             )
     finally:
         proxy.close()
+        deployment.destroy()
+
+
+def test_a_record_kinesis_can_never_take_is_dead_lettered_and_the_worker_goes_on(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """An identity map of 1.2 MB makes a record over Kinesis's 1 MiB: it goes to the
+    dead-letter topic with reason record_too_large, cut to fit, and later events flow."""
+    deployment = Deployment(stack, f"it-big-{uuid.uuid4().hex[:6]}", tmp_path, partitions=1)
+    big_topic = {"max.message.bytes": str(4 * 1024 * 1024)}
+    topics = [
+        NewTopic(deployment.q_topic, 1, 1, topic_configs=big_topic),
+        NewTopic(deployment.p_topic, 1, 1),
+    ]
+    run_sync(admin_call(stack.kafka_bootstrap, lambda a: a.create_topics(topics)))
+    for stream in deployment.streams:
+        deployment.kinesis.create_stream(StreamName=stream, ShardCount=1)
+    try:
+        worker = deployment.worker()
+        worker.start()
+        huge = {"ecid": [{"id": "ecid-big"}], "blob": [{"id": "x" * 1_200_000}]}
+
+        async def send() -> None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=stack.kafka_bootstrap, max_request_size=4 * 1024 * 1024
+            )
+            await producer.start()
+            try:
+                for profile, ids in (("p-big", huge), ("p-after", ecid("after"))):
+                    value = qualification(profile, SEG_A, "realized", "2021-12-01T00:00:00Z", ids)
+                    await producer.send_and_wait(deployment.q_topic, value, key=profile.encode())
+            finally:
+                await producer.stop()
+
+        run_sync(send())
+        assert len(deployment.records(0, "ecid-after", 1, timeout=60)) == 1, worker.log()
+        assert deployment.readers[deployment.streams[0]].for_key("ecid-big") == []
+        letters = run_sync(consume_all(stack.kafka_bootstrap, deployment.dlq_topic, 1))
+        body = orjson.loads(letters[0].value)
+        assert body["reason"] == "record_too_large"
+        assert body["destination"] == "Seed page"
+        assert body["stream"] == deployment.streams[0]
+        assert body["truncated"] is True
+        assert body["size"] > 1024 * 1024
+        assert body["source"]["topic"] == deployment.q_topic
+    finally:
         deployment.destroy()

@@ -965,3 +965,14 @@ async def test_stored_values_are_never_mutated_in_place(world: World) -> None:
             world.tombstone("p1"),
         )
     assert (stored_profile, stored_memberships) == kept
+
+
+def test_dead_letter_payloads_are_cut_to_fit_kafka() -> None:
+    from worker.pipeline import MAX_DEAD_LETTER_PAYLOAD, _payload
+
+    big = ("é" * MAX_DEAD_LETTER_PAYLOAD).encode()
+    cut = _payload(big)
+    assert cut["truncated"] is True
+    assert cut["size"] == len(big)
+    assert len(cut["value"].encode()) <= MAX_DEAD_LETTER_PAYLOAD
+    assert _payload(b"small") == {"value": "small"}
