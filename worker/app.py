@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import os
+import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,31 @@ class FaustTables:
     def __init__(self, profiles: Any, memberships: Any) -> None:
         self.profiles = profiles
         self.memberships = memberships
+        self._pending: list[Any] = []
+        for table in (profiles, memberships):
+            table.send_changelog = self._tracking(table.send_changelog)
+
+    def _tracking(self, send_changelog: Callable[..., Any]) -> Callable[..., Any]:
+        # Faust drops the future of a table write's changelog message; keep it, so
+        # that flush() can wait until Kafka has every write of a batch.
+        def send(*args: Any, **kwargs: Any) -> Any:
+            future = send_changelog(*args, **kwargs)
+            self._pending.append(future)
+            return future
+
+        return send
+
+    async def flush(self) -> None:
+        """Waits until Kafka acknowledged every changelog write made so far.
+
+        Faust's own producer flush gives up after 0.1 s with writes still
+        queued, and the offsets of a batch must not be committed before its
+        state is durable: a restart would then find stale state and drop
+        exports (seen in the kill/restart test as a lost "exited").
+        """
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
 
     def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
         with _event_scope(scope):
@@ -188,14 +214,34 @@ class WebServer(Service):
 
 
 class WorkerApp(faust.App):
-    """Faust's App, with our batches drained before Faust stops the consumer."""
+    """Faust's App with a bounded shutdown.
 
-    drain: Callable[[], Awaitable[None]] | None = None
+    On SIGTERM Faust waits for every event taken but not acknowledged, so the
+    batches in flight finish and their offsets are committed. If that takes
+    longer than ``shutdown_timeout_s`` (Kinesis refusing writes, say), the
+    process exits anyway: what was not acknowledged is replayed by the next
+    owner, exactly as after a crash, which loses nothing.
+    """
+
+    shutdown_timeout_s: float | None = None
 
     async def on_stop(self) -> None:
-        if self.drain is not None:
-            await self.drain()
+        if self.shutdown_timeout_s is not None:
+            watchdog = threading.Timer(
+                self.shutdown_timeout_s, _exit_now, (self.shutdown_timeout_s,)
+            )
+            watchdog.daemon = True
+            watchdog.start()
         await super().on_stop()
+
+
+def _exit_now(timeout_s: float) -> None:
+    log.warning(
+        "shutdown not done after %.0fs: exiting; unacknowledged events will be replayed",
+        timeout_s,
+    )
+    logging.shutdown()
+    os._exit(0)
 
 
 def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list[Service]]:
@@ -263,7 +309,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         runtime.batch_linger_ms / 1000,
         runtime.max_buffer_bytes,
     )
-    app.drain = lambda: runner.drain(runtime.shutdown_timeout_s)
+    app.shutdown_timeout_s = runtime.shutdown_timeout_s
 
     @app.agent(inputs, concurrency=1, name="export")
     async def export(stream: Any) -> None:
@@ -311,12 +357,6 @@ class EventBatches:
     def empty(self) -> bool:
         return self._queue.empty()
 
-    def take_all(self) -> list[Any]:
-        taken = []
-        while not self._queue.empty():
-            taken.append(self._queue.get_nowait())
-        return taken
-
     async def put(self, event: Any) -> None:
         size = self.size(event)
         async with self._room:
@@ -347,32 +387,20 @@ class EventBatches:
 
 
 class BatchRunner:
-    """Feeds the agent's events to the processor in batches; acks after each batch.
-
-    On shutdown, :meth:`drain` stops taking events and lets the batches already
-    taken finish, for at most a deadline: their offsets are then committed by
-    Faust's own shutdown, and a restart sends nothing twice. What is not done
-    by the deadline is abandoned unacknowledged and replayed by the next owner.
-    """
+    """Feeds the agent's events to the processor in batches; acks after each batch."""
 
     def __init__(
         self, processor: BatchProcessor, max_events: int, linger_s: float, max_bytes: int
     ) -> None:
         self._processor = processor
         self._batches = EventBatches(max_events, linger_s, max_bytes)
-        self._idle = asyncio.Event()
-        self._draining = False
         self._processing: asyncio.Future[None] | None = None
-        self._in_flight: list[Any] = []
 
     async def run(self, stream: Any) -> None:
         manual = stream.noack()  # acks are ours
         self._processing = asyncio.ensure_future(self._process(manual))
         try:
             async for event in manual.events():
-                if self._draining:
-                    _withhold([event])
-                    continue
                 await self._batches.put(event)
                 if self._processing.done():
                     self._processing.result()  # a crash surfaces here and restarts the agent
@@ -381,11 +409,7 @@ class BatchRunner:
 
     async def _process(self, stream: Any) -> None:
         while True:
-            if self._batches.empty():
-                self._idle.set()
             events = await self._batches.next_batch()
-            self._in_flight = events
-            self._idle.clear()
             messages = [
                 InputMessage(
                     e.message.topic,
@@ -400,33 +424,8 @@ class BatchRunner:
             await _process_until_done(self._processor, messages)
             for event in events:
                 await stream.ack(event)
-            self._in_flight = []
             await self._batches.release(events)
             metrics.BUFFERED_BYTES.set(self._batches.buffered_bytes)
-
-    async def drain(self, timeout_s: float) -> None:
-        self._draining = True
-        if self._processing is None or self._processing.done():
-            return
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-            log.info("drained in-flight batches in %.2fs", time.monotonic() - started)
-        except TimeoutError:
-            log.warning(
-                "in-flight batches not done after %.0fs: left unacknowledged for replay",
-                timeout_s,
-            )
-            self._processing.cancel()
-            _withhold(self._in_flight + self._batches.take_all())
-
-
-def _withhold(events: Sequence[Any]) -> None:
-    """Leaves events unacknowledged for good: their offsets are not committed and
-    the next owner replays them. Marked done on the message itself so that
-    Faust's shutdown (which waits for every unacknowledged message) lets go."""
-    for event in events:
-        event.message.acked = True
 
 
 async def _process_until_done(processor: BatchProcessor, messages: list[InputMessage]) -> None:

@@ -67,6 +67,9 @@ class StateTables(Protocol):
         self, profile_id: str, value: dict[str, Any] | None, scope: Any
     ) -> None: ...
 
+    async def flush(self) -> None:
+        """Returns once every write so far is durable."""
+
 
 class DeadLetterSink(Protocol):
     async def send(self, key: bytes | None, value: bytes) -> None: ...
@@ -156,6 +159,7 @@ class BatchProcessor:
             metrics.DEAD_LETTERS.labels(reason=reason).inc()
         report.dead_letters = len(letters)
         self._write_state(overlay)
+        await self._tables.flush()
         # Counted once the batch is done: a counted event is fully handled.
         for topic, outcome in handled:
             metrics.EVENTS.labels(topic=topic, outcome=outcome).inc()

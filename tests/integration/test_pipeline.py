@@ -556,6 +556,34 @@ def test_check_command(stack: Stack, tmp_path: Path) -> None:
         deployment.destroy()
 
 
+def entered_then_left(
+    deployment: Deployment, profiles: list[str], timeout: float
+) -> tuple[int, int]:
+    """Waits until every profile's records end with SEG_A exited; checks that each
+    profile got realized then exited, in that order (repeats allowed).
+    Returns (records read, keys out of order or incomplete)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # Each time a fresh read of every shard: an incremental reader can miss
+        # records that the endpoint appends while it reads.
+        reader = StreamReader(deployment.kinesis, deployment.streams[0])
+        reader.poll()
+        statuses: dict[str, list[str]] = {}
+        for key, record in reader.records:
+            statuses.setdefault(key, []).append(ups(record)[SEG_A]["status"])
+        done = sum(1 for s in statuses.values() if s and s[-1] == "exited")
+        if done == len(profiles) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert set(statuses) == {f"ecid-{p}" for p in profiles}, "every profile exported"
+    violations = 0
+    for seen in statuses.values():
+        # Duplicates are allowed after a crash or a lost reply; loss and reordering are not.
+        collapsed = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]
+        violations += collapsed != ["realized", "exited"]
+    return len(reader.records), violations
+
+
 def test_killing_the_worker_loses_nothing(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -591,35 +619,19 @@ def test_killing_the_worker_loses_nothing(
                 else:
                     assert worker.stop() == 0, worker.log()
                 kills += 1
-        deadline = time.monotonic() + 120
-        while True:
-            # Each time a fresh read of every shard: an incremental reader can miss
-            # records that the endpoint appends while it reads.
-            reader = StreamReader(deployment.kinesis, deployment.streams[0])
-            reader.poll()
-            statuses: dict[str, list[str]] = {}
-            for key, record in reader.records:
-                statuses.setdefault(key, []).append(ups(record)[SEG_A]["status"])
-            done = sum(1 for s in statuses.values() if s and s[-1] == "exited")
-            if done == len(profiles) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert set(statuses) == {f"ecid-{p}" for p in profiles}
-        for key, seen in statuses.items():
-            # Duplicates are allowed after a crash; loss and reordering are not.
-            collapsed = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]
-            assert collapsed == ["realized", "exited"], (key, seen)
-        duplicates = len(reader.records) - 2 * len(profiles)
+        received, violations = entered_then_left(deployment, profiles, timeout=120)
+        assert violations == 0, f"{violations} keys out of order or incomplete"
+        duplicates = received - 2 * len(profiles)
         with capsys.disabled():
             print(
-                f"\n[kill] {2 * len(profiles)} exports expected, {len(reader.records)} received "
+                f"\n[kill] {2 * len(profiles)} exports expected, {received} received "
                 f"after a SIGKILL and a SIGTERM: {duplicates} duplicates, 0 lost, 0 out of order"
             )
     finally:
         deployment.destroy()
 
 
-def test_sigterm_drains_in_flight_batches_and_commits(
+def test_sigterm_finishes_in_flight_batches_and_commits(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A SIGTERM mid-stream finishes what was taken: after the restart nothing repeats."""
@@ -663,7 +675,7 @@ def test_sigterm_drains_in_flight_batches_and_commits(
 def test_sigterm_during_an_outage_stops_within_the_deadline(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Kinesis refuses everything, SIGTERM: the worker leaves after shutdown_timeout_s
+    """Kinesis refuses everything, SIGTERM: the worker exits after shutdown_timeout_s
     with the batch unacknowledged, and the next worker delivers it."""
     deployment = Deployment(stack, f"it-out-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
     deployment.create()
@@ -684,7 +696,7 @@ def test_sigterm_during_an_outage_stops_within_the_deadline(
         started = time.monotonic()
         assert worker.stop(timeout=30) == 0, worker.log()
         stop_s = time.monotonic() - started
-        assert "left unacknowledged for replay" in worker.log(400)
+        assert "unacknowledged events will be replayed" in worker.log(400)
         proxy.proxy.faults.clear()
         deployment.worker("after").start()
         reader = deployment.readers[deployment.streams[0]]
@@ -791,25 +803,10 @@ def test_end_to_end_through_throttling_an_outage_and_dropped_connections(
         started = time.monotonic()
         time.sleep(3)
         faults.outage_for(20)
-        deadline = time.monotonic() + 240
-        while True:
-            reader = StreamReader(deployment.kinesis, deployment.streams[0])
-            reader.poll()
-            statuses: dict[str, list[str]] = {}
-            for key, record in reader.records:
-                statuses.setdefault(key, []).append(ups(record)[SEG_A]["status"])
-            done = sum(1 for s in statuses.values() if s and s[-1] == "exited")
-            if done == len(profiles) or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        received, violations = entered_then_left(deployment, profiles, timeout=240)
         elapsed = time.monotonic() - started
-        assert set(statuses) == {f"ecid-{p}" for p in profiles}, "every profile exported"
-        violations = 0
-        for seen in statuses.values():
-            collapsed = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]
-            violations += collapsed != ["realized", "exited"]
         assert violations == 0, f"{violations} keys out of order or incomplete"
-        duplicates = len(reader.records) - 2 * len(profiles)
+        duplicates = received - 2 * len(profiles)
         counters = proxy.proxy.counters
         assert duplicates <= counters.records_in_dropped_calls, "only dropped replies repeat"
         with capsys.disabled():

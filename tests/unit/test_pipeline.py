@@ -111,6 +111,7 @@ class FakeTables:
     a processor that mutated them in place would show in ``snapshot``."""
 
     def __init__(self) -> None:
+        self.flushes = 0
         self.profiles: dict[str, dict[str, Any]] = {}
         self.memberships: dict[str, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, Any, Any]] = []
@@ -134,6 +135,9 @@ class FakeTables:
             self.memberships.pop(profile_id, None)
         else:
             self.memberships[profile_id] = value
+
+    async def flush(self) -> None:
+        self.flushes += 1
 
     def snapshot(self) -> Any:
         return copy.deepcopy((self.profiles, self.memberships))
