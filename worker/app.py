@@ -354,9 +354,6 @@ class EventBatches:
             self.buffered_bytes -= sum(self.size(e) for e in events)
             self._room.notify_all()
 
-    def empty(self) -> bool:
-        return self._queue.empty()
-
     async def put(self, event: Any) -> None:
         size = self.size(event)
         async with self._room:
