@@ -126,12 +126,10 @@ class BatchProcessor:
         tables: StateTables,
         dead_letters: DeadLetterSink,
     ) -> None:
-        self._settings = settings
         self._destinations = list(destinations)
         self._tables = tables
         self._dead_letters = dead_letters
         self._mapped = settings.mapped_segments()
-        self._qualifications_topic = settings.kafka.qualifications_topic
         self._profiles_topic = settings.kafka.profiles_topic
 
     async def process(self, messages: Sequence[InputMessage]) -> BatchReport:
@@ -145,11 +143,11 @@ class BatchProcessor:
                 outcome = self._handle(message, overlay, exports)
             except BadEvent as exc:
                 outcome = "dead_lettered"
-                letters.append(_dead_letter(message, exc.reason, exc.detail))
+                letters.append(_dead_letter(message, exc.reason, exc.detail, message.value))
             except Exception as exc:  # never let one event stop the worker
                 log.exception("unexpected error on %s[%d]", message.topic, message.partition)
                 outcome = "dead_lettered"
-                letters.append(_dead_letter(message, "internal_error", repr(exc)))
+                letters.append(_dead_letter(message, "internal_error", repr(exc), message.value))
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
             handled.append((message.topic, outcome))
 
@@ -383,10 +381,18 @@ def _payload(value: bytes | None) -> dict[str, Any]:
         return {"valueBase64": base64.b64encode(value).decode()}
 
 
-def _dead_letter(message: InputMessage, reason: str, detail: str) -> _Letter:
+def _dead_letter(
+    message: InputMessage,
+    reason: str,
+    detail: str | None,
+    payload: bytes | None,
+    **context: Any,
+) -> _Letter:
+    """A dead letter: why, the source offset, what could not go, and ``context``."""
     body: dict[str, Any] = {
         "reason": reason,
         "detail": detail,
+        **context,
         "source": {
             "topic": message.topic,
             "partition": message.partition,
@@ -394,36 +400,17 @@ def _dead_letter(message: InputMessage, reason: str, detail: str) -> _Letter:
         },
         "failedAt": _now(),
     }
-    body.update(_payload(message.value))
+    body.update(_payload(payload))
     return message.key, orjson.dumps(body), reason
 
 
 def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> _Letter:
-    message = export.message
-    body: dict[str, Any] = {
-        "reason": outcome.reason,
-        "detail": outcome.detail,
-        "destination": destination.name,
-        "stream": destination.settings.stream,
-        "partitionKey": export.record.partition_key,
-        "source": {
-            "topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-        },
-        "failedAt": _now(),
-    }
-    body.update(_payload(export.record.data))
-    reason = outcome.reason or "rejected_by_kinesis"
-    body["reason"] = reason
-    return message.key, orjson.dumps(body), reason
-
-
-__all__ = [
-    "BatchProcessor",
-    "BatchReport",
-    "DeadLetterSink",
-    "Destination",
-    "InputMessage",
-    "StateTables",
-]
+    return _dead_letter(
+        export.message,
+        outcome.reason or "rejected_by_kinesis",
+        outcome.detail,
+        export.record.data,
+        destination=destination.name,
+        stream=destination.settings.stream,
+        partitionKey=export.record.partition_key,
+    )
