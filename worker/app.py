@@ -26,8 +26,10 @@ from faust.streams import _current_event  # the only way to choose a table parti
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import metrics
-from worker.kinesis import AioBotoTransport, KinesisWriter, TransportError, WriterConfig
+from worker import __version__, logs, metrics
+from worker.kafka_client import broker_credentials, kafka_client_kwargs
+from worker.kinesis import AioBotoTransport, KinesisWriter, WriterConfig
+from worker.monitoring import StateSampler
 from worker.pipeline import BatchProcessor, Destination, InputMessage
 from worker.settings import ConfigError, Settings
 
@@ -125,7 +127,9 @@ async def preflight(settings: Settings) -> TopicLayout:
     """Checks the input topics exist and are co-partitioned; creates the dead-letter topic."""
     kafka = settings.kafka
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=15_000
+        bootstrap_servers=kafka.bootstrap_servers,
+        request_timeout_ms=15_000,
+        **kafka_client_kwargs(kafka),
     )
     try:
         await asyncio.wait_for(admin.start(), 30)
@@ -225,6 +229,10 @@ class WorkerApp(faust.App):
 
     shutdown_timeout_s: float | None = None
 
+    def on_rebalance_start(self) -> None:
+        metrics.REBALANCES.inc()
+        super().on_rebalance_start()
+
     async def on_stop(self) -> None:
         if self.shutdown_timeout_s is not None:
             watchdog = threading.Timer(
@@ -250,6 +258,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     app = WorkerApp(
         settings.app_id,
         broker=f"kafka://{kafka.bootstrap_servers}",
+        broker_credentials=broker_credentials(kafka),
         store=runtime.store,
         datadir=str(runtime.data_dir),
         web_enabled=False,  # our own server: Faust's would expose /table and /router
@@ -281,8 +290,11 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     profiles = app.Table("profiles", partitions=layout.partitions, key_type=str)
     memberships = app.Table("memberships", partitions=layout.partitions, key_type=str)
 
+    _initial_metrics(settings)
     destinations = []
     for destination in settings.destinations:
+        observer = metrics.DeliveryMetrics(destination.name, destination.stream, destination.region)
+        observer.limits(destination.shard_records_per_s, destination.shard_bytes_per_s)
         writer = KinesisWriter(
             destination.stream,
             AioBotoTransport(destination),
@@ -291,9 +303,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
                 shard_records_per_s=destination.shard_records_per_s,
                 shard_bytes_per_s=destination.shard_bytes_per_s,
             ),
-            on_reply=_on_reply,
-            on_retry=_on_retry,
-            on_fatal=_on_fatal,
+            observer,
         )
         destinations.append(Destination(destination, writer))
     processor = BatchProcessor(
@@ -316,8 +326,31 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         await runner.run(stream)
 
     writers = [d.writer for d in destinations]
-    services: list[Service] = [WebServer(app, runtime.web_host, runtime.web_port, writers)]
+    services: list[Service] = [
+        WebServer(app, runtime.web_host, runtime.web_port, writers),
+        StateSampler(
+            app,
+            {"profiles": profiles, "memberships": memberships},
+            [kafka.qualifications_topic, kafka.profiles_topic],
+        ),
+    ]
     return app, services
+
+
+def _initial_metrics(settings: Settings) -> None:
+    """Series known in advance exist from the first scrape, at 0: a counter that
+    appears at 1 has no increase() to alert on."""
+    kafka = settings.kafka
+    metrics.WORKER_INFO.labels(
+        version=__version__, app_id=settings.app_id, store=settings.runtime.store
+    ).set(1)
+    for outcome in metrics.QUALIFICATION_OUTCOMES:
+        metrics.EVENTS.labels(topic=kafka.qualifications_topic, outcome=outcome)
+    for outcome in metrics.PROFILE_UPDATE_OUTCOMES:
+        metrics.EVENTS.labels(topic=kafka.profiles_topic, outcome=outcome)
+    for reason in metrics.DEAD_LETTER_REASONS:
+        metrics.DEAD_LETTERS.labels(reason=reason)
+    metrics.READY.set(0)
 
 
 class EventBatches:
@@ -341,6 +374,7 @@ class EventBatches:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_events)
         self._max_bytes = max_bytes
         self.buffered_bytes = 0
+        self.buffered_events = 0
         self._room = asyncio.Condition()
 
     @staticmethod
@@ -352,6 +386,7 @@ class EventBatches:
         """The events are done (or abandoned): their bytes are free again."""
         async with self._room:
             self.buffered_bytes -= sum(self.size(e) for e in events)
+            self.buffered_events -= len(events)
             self._room.notify_all()
 
     async def put(self, event: Any) -> None:
@@ -362,7 +397,9 @@ class EventBatches:
                 lambda: self.buffered_bytes == 0 or self.buffered_bytes + size <= self._max_bytes
             )
             self.buffered_bytes += size
+            self.buffered_events += 1
         metrics.BUFFERED_BYTES.set(self.buffered_bytes)
+        metrics.BUFFERED_EVENTS.set(self.buffered_events)
         await self._queue.put(event)
 
     async def next_batch(self) -> list[Any]:
@@ -418,11 +455,13 @@ class BatchRunner:
                 )
                 for e in events
             ]
+            metrics.BATCH_EVENTS.observe(len(messages))
             await _process_until_done(self._processor, messages)
             for event in events:
                 await stream.ack(event)
             await self._batches.release(events)
             metrics.BUFFERED_BYTES.set(self._batches.buffered_bytes)
+            metrics.BUFFERED_EVENTS.set(self._batches.buffered_events)
 
 
 async def _process_until_done(processor: BatchProcessor, messages: list[InputMessage]) -> None:
@@ -444,23 +483,9 @@ async def _process_until_done(processor: BatchProcessor, messages: list[InputMes
             await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
 
 
-def _on_reply(stream: str, sent: int, failed: int, elapsed: float) -> None:
-    metrics.PUT_RECORDS.labels(stream=stream, result="accepted").inc(sent - failed)
-    if failed:
-        metrics.PUT_RECORDS.labels(stream=stream, result="failed").inc(failed)
-    metrics.PUT_LATENCY.labels(stream=stream).observe(elapsed)
-
-
-def _on_retry(stream: str, code: str) -> None:
-    metrics.RETRIES.labels(stream=stream, code=code).inc()
-
-
-def _on_fatal(stream: str, error: TransportError | None) -> None:
-    metrics.STREAM_WRITABLE.labels(stream=stream).set(0 if error else 1)
-
-
 def run(settings: Settings) -> int:
     """Runs the worker until SIGTERM/SIGINT."""
+    log_config = logs.setup(settings.runtime.log_level, logs.secret_values(settings))
     layout = asyncio.run(preflight(settings))
     Path(settings.runtime.data_dir).mkdir(parents=True, exist_ok=True)
     app, services = create_app(settings, layout)
@@ -468,6 +493,7 @@ def run(settings: Settings) -> int:
         app,
         *services,
         loglevel=settings.runtime.log_level.upper(),
+        logging_config=log_config,  # mode would install its own colored handler
         quiet=True,
         redirect_stdouts=False,
     )

@@ -1,40 +1,252 @@
-"""Prometheus metrics. Labels carry names from configuration and fixed codes,
-never profile ids, identities or attribute values."""
+"""Prometheus metrics: the one list of what the worker exposes on ``/metrics``.
+
+Labels carry names from configuration (destination, table), Kafka topic and
+partition numbers, shard ids and fixed codes; never profile ids, identities or
+attribute values. docs/observability.md describes each metric and the
+dashboards built on them.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-EVENTS = Counter("kd_events_total", "Input events by topic and outcome", ["topic", "outcome"])
-EXPORTS = Counter(
-    "kd_exports_total",
-    "Records accepted by Kinesis, by destination and status",
-    ["destination", "status"],
+from worker.kinesis import CallReport, TransportError, WriterObserver
+
+QUALIFICATION_OUTCOMES = (
+    "exported",
+    "duplicate",
+    "stale",
+    "unmapped",
+    "not_member",
+    "dead_lettered",
 )
-DEAD_LETTERS = Counter("kd_dead_letters_total", "Dead letters written, by reason", ["reason"])
-PUT_RECORDS = Counter(
-    "kd_put_records_total",
-    "Records sent in PutRecords calls, by stream and result",
-    ["stream", "result"],
+PROFILE_UPDATE_OUTCOMES = ("exported", "no_export", "deleted", "dead_lettered")
+DEAD_LETTER_REASONS = (
+    # bad input events (worker.events.BadEvent)
+    "missing_key",
+    "invalid_key",
+    "key_mismatch",
+    "missing_value",
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "invalid_field",
+    "invalid_status",
+    "invalid_time",
+    "internal_error",
+    # records Kinesis can never accept (worker.kinesis)
+    "record_too_large",
+    "invalid_partition_key",
+    "rejected_by_kinesis",
 )
-RETRIES = Counter(
-    "kd_retries_total", "Records or calls retried, by stream and error code", ["stream", "code"]
+
+# -- input -------------------------------------------------------------------------
+
+EVENTS = Counter(
+    "kd_events_total",
+    "Input events fully handled, by topic and outcome (exported, duplicate, stale, "
+    "unmapped, not_member, no_export, deleted, dead_lettered)",
+    ["topic", "outcome"],
 )
-PUT_LATENCY = Histogram(
-    "kd_put_records_seconds",
-    "PutRecords call latency",
-    ["stream"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+CONSUMER_LAG = Gauge(
+    "kd_consumer_lag",
+    "Messages not yet committed (end offset minus committed offset), "
+    "per input partition assigned to this worker",
+    ["topic", "partition"],
 )
-STREAM_WRITABLE = Gauge(
-    "kd_stream_writable", "1 when the last put to the stream worked", ["stream"]
+ASSIGNED_PARTITIONS = Gauge(
+    "kd_assigned_partitions", "Input partitions assigned to this worker", ["topic"]
 )
+REBALANCES = Counter("kd_rebalances_total", "Consumer group rebalances seen by this worker")
 BATCH_SECONDS = Histogram(
     "kd_batch_seconds",
     "Time to process one batch of input events, puts included",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+BATCH_EVENTS = Histogram(
+    "kd_batch_events",
+    "Input events per batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
+BUFFERED_EVENTS = Gauge(
+    "kd_buffered_events", "Input events taken from Kafka and not yet done (queued or being put)"
+)
 BUFFERED_BYTES = Gauge(
     "kd_buffered_bytes", "Input bytes taken from Kafka and not yet done (queued or being put)"
 )
+
+# -- delivery ----------------------------------------------------------------------
+
+DESTINATION_INFO = Gauge(
+    "kd_destination_info",
+    "1 per configured destination: its stream and region",
+    ["destination", "stream", "region"],
+)
+EXPORTS = Counter(
+    "kd_exports_total",
+    "Records accepted by Kinesis, by destination and status (realized, existing, exited, updated)",
+    ["destination", "status"],
+)
+PUT_RECORDS = Counter(
+    "kd_put_records_total",
+    "Records sent in PutRecords calls, by destination and result (accepted, failed)",
+    ["destination", "result"],
+)
+PUT_ERRORS = Counter(
+    "kd_put_errors_total",
+    "Records that failed, by destination and error code; a failed call counts "
+    "each of its records with the call's error",
+    ["destination", "code"],
+)
+RETRIES = Counter(
+    "kd_retries_total", "Records sent again after a failure, by destination", ["destination"]
+)
+THROTTLES = Counter(
+    "kd_throttles_total",
+    "Records refused with ProvisionedThroughputExceededException, by destination and shard",
+    ["destination", "shard"],
+)
+SHARD_RECORDS = Counter(
+    "kd_shard_records_total", "Records accepted, by destination and shard", ["destination", "shard"]
+)
+SHARD_BYTES = Counter(
+    "kd_shard_bytes_total",
+    "Bytes (data + key) accepted, by destination and shard",
+    ["destination", "shard"],
+)
+SHARD_LIMIT_RECORDS = Gauge(
+    "kd_shard_limit_records_per_second",
+    "Records per second the worker allows itself per shard (0: no limit)",
+    ["destination"],
+)
+SHARD_LIMIT_BYTES = Gauge(
+    "kd_shard_limit_bytes_per_second",
+    "Bytes per second the worker allows itself per shard (0: no limit)",
+    ["destination"],
+)
+STREAM_SHARDS = Gauge("kd_stream_shards", "Open shards of the stream", ["destination"])
+RATE_LIMIT_WAIT = Counter(
+    "kd_rate_limit_wait_seconds_total",
+    "Time spent waiting for a shard's write budget",
+    ["destination"],
+)
+PUT_LATENCY = Histogram(
+    "kd_put_records_seconds",
+    "PutRecords call latency",
+    ["destination"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PUT_BATCH_RECORDS = Histogram(
+    "kd_put_batch_records",
+    "Records per PutRecords call",
+    ["destination"],
+    buckets=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500),
+)
+PUT_BATCH_BYTES = Histogram(
+    "kd_put_batch_bytes",
+    "Bytes (data + keys) per PutRecords call",
+    ["destination"],
+    buckets=(1024, 16384, 65536, 262144, 1048576, 2097152, 5242880),
+)
+IN_FLIGHT = Gauge("kd_put_in_flight", "PutRecords calls in flight", ["destination"])
+PENDING_RECORDS = Gauge(
+    "kd_pending_records",
+    "Records handed to the writer and not yet accepted or rejected",
+    ["destination"],
+)
+LAST_SUCCESS = Gauge(
+    "kd_last_successful_put_timestamp_seconds",
+    "Unix time of the last PutRecords call that had a record accepted",
+    ["destination"],
+)
+STREAM_WRITABLE = Gauge(
+    "kd_stream_writable", "1 when the stream was found active and takes writes", ["destination"]
+)
+DEAD_LETTERS = Counter("kd_dead_letters_total", "Dead letters written, by reason", ["reason"])
+
+# -- state -------------------------------------------------------------------------
+
+TABLE_KEYS = Gauge("kd_table_keys", "Keys in a table's partitions active on this worker", ["table"])
+RECOVERY_REMAINING = Gauge(
+    "kd_recovery_remaining_records",
+    "Changelog records still to read before tables are recovered (active or standby)",
+    ["kind"],
+)
+RECOVERING = Gauge("kd_recovering", "1 while table recovery is in progress")
 READY = Gauge("kd_ready", "1 when tables are recovered and every stream is writable")
+WORKER_INFO = Gauge(
+    "kd_worker_info",
+    "1, with the worker's version, app id and store",
+    ["version", "app_id", "store"],
+)
+
+
+class DeliveryMetrics(WriterObserver):
+    """One destination's writer reporting into the metrics above."""
+
+    def __init__(self, destination: str, stream: str, region: str) -> None:
+        self.destination = destination
+        DESTINATION_INFO.labels(destination=destination, stream=stream, region=region).set(1)
+        # Label sets known at start exist from the first scrape, at 0.
+        for result in ("accepted", "failed"):
+            PUT_RECORDS.labels(destination=destination, result=result)
+        for status in ("realized", "existing", "exited", "updated"):
+            EXPORTS.labels(destination=destination, status=status)
+        RETRIES.labels(destination=destination)
+        RATE_LIMIT_WAIT.labels(destination=destination)
+        IN_FLIGHT.labels(destination=destination).set(0)
+        PENDING_RECORDS.labels(destination=destination).set(0)
+        STREAM_WRITABLE.labels(destination=destination).set(0)
+        PUT_LATENCY.labels(destination=destination)
+        PUT_BATCH_RECORDS.labels(destination=destination)
+        PUT_BATCH_BYTES.labels(destination=destination)
+        self._in_flight = IN_FLIGHT.labels(destination=destination)
+        self._pending = PENDING_RECORDS.labels(destination=destination)
+        self._accepted = PUT_RECORDS.labels(destination=destination, result="accepted")
+        self._failed = PUT_RECORDS.labels(destination=destination, result="failed")
+        self._latency = PUT_LATENCY.labels(destination=destination)
+        self._batch_records = PUT_BATCH_RECORDS.labels(destination=destination)
+        self._batch_bytes = PUT_BATCH_BYTES.labels(destination=destination)
+        self._retries = RETRIES.labels(destination=destination)
+        self._last_success = LAST_SUCCESS.labels(destination=destination)
+
+    def limits(self, records_per_s: int, bytes_per_s: int) -> None:
+        SHARD_LIMIT_RECORDS.labels(destination=self.destination).set(records_per_s)
+        SHARD_LIMIT_BYTES.labels(destination=self.destination).set(bytes_per_s)
+
+    def call_started(self) -> None:
+        self._in_flight.inc()
+
+    def call_done(self, report: CallReport) -> None:
+        self._in_flight.dec()
+        self._latency.observe(report.elapsed)
+        self._batch_records.observe(report.records)
+        self._batch_bytes.observe(report.size)
+        if report.retried:
+            self._retries.inc(report.retried)
+        accepted, failed = report.accepted, report.failed
+        if accepted:
+            self._accepted.inc(accepted)
+            self._last_success.set_to_current_time()
+            for shard, count in report.accepted_by_shard.items():
+                SHARD_RECORDS.labels(destination=self.destination, shard=shard).inc(count)
+            for shard, size in report.accepted_bytes_by_shard.items():
+                SHARD_BYTES.labels(destination=self.destination, shard=shard).inc(size)
+        if failed:
+            self._failed.inc(failed)
+            for code, count in report.failed_by_code.items():
+                PUT_ERRORS.labels(destination=self.destination, code=code).inc(count)
+            for shard, count in report.throttled_by_shard.items():
+                THROTTLES.labels(destination=self.destination, shard=shard).inc(count)
+
+    def writable_changed(self, writable: bool, error: TransportError | None) -> None:
+        STREAM_WRITABLE.labels(destination=self.destination).set(1 if writable else 0)
+
+    def shards_listed(self, count: int) -> None:
+        STREAM_SHARDS.labels(destination=self.destination).set(count)
+
+    def rate_limited(self, seconds: float) -> None:
+        RATE_LIMIT_WAIT.labels(destination=self.destination).inc(seconds)
+
+    def pending(self, records: int) -> None:
+        self._pending.set(records)

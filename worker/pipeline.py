@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -145,7 +146,19 @@ class BatchProcessor:
                 outcome = "dead_lettered"
                 letters.append(_dead_letter(message, exc.reason, exc.detail, message.value))
             except Exception as exc:  # never let one event stop the worker
-                log.exception("unexpected error on %s[%d]", message.topic, message.partition)
+                # The traceback without the exception's message, which may quote values.
+                log.error(
+                    "unexpected %s on %s[%d]; event dead-lettered",
+                    type(exc).__name__,
+                    message.topic,
+                    message.partition,
+                    extra={
+                        "topic": message.topic,
+                        "partition": message.partition,
+                        "offset": message.offset,
+                        "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+                    },
+                )
                 outcome = "dead_lettered"
                 letters.append(_dead_letter(message, "internal_error", repr(exc), message.value))
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1

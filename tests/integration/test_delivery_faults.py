@@ -20,7 +20,15 @@ import pytest
 
 from tests.faults.kinesis_proxy import KinesisFaultProxy
 from tests.support import Stack, StreamFactory, StreamReader
-from worker.kinesis import AioBotoTransport, KinesisWriter, Outcome, Record, WriterConfig
+from worker.kinesis import (
+    AioBotoTransport,
+    CallReport,
+    KinesisWriter,
+    Outcome,
+    Record,
+    WriterConfig,
+    WriterObserver,
+)
 from worker.settings import DestinationSettings
 
 MIB = 1024 * 1024
@@ -52,6 +60,14 @@ async def proxy(stack: Stack) -> AsyncIterator[KinesisFaultProxy]:
     await running.stop()
 
 
+class CountingFailures(WriterObserver):
+    def __init__(self, failures: Counter[str]) -> None:
+        self.failures = failures
+
+    def call_done(self, report: CallReport) -> None:
+        self.failures.update(report.failed_by_code)
+
+
 async def open_writer(
     stream: str, proxy: KinesisFaultProxy, config: WriterConfig, retries: Counter[str]
 ) -> KinesisWriter:
@@ -60,7 +76,7 @@ async def open_writer(
         stream,
         AioBotoTransport(destination(stream, proxy.url)),
         config,
-        on_retry=lambda _stream, code: retries.update([code]),
+        CountingFailures(retries),
     )
     await writer.start()
     assert writer.writable, "the stream is ACTIVE and DescribeStreamSummary went through"

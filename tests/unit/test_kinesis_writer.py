@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.kinesis import (
+    CallReport,
     KinesisWriter,
     Outcome,
     PutReply,
@@ -21,6 +22,7 @@ from worker.kinesis import (
     Transport,
     TransportError,
     WriterConfig,
+    WriterObserver,
 )
 
 THROTTLED = "ProvisionedThroughputExceededException"
@@ -29,6 +31,26 @@ MIB = 1024 * 1024
 
 # No real waiting: backoff caps of 0 make every retry sleep 0 s.
 FAST = WriterConfig(backoff_base_s=0.0, backoff_max_s=0.0, fatal_retry_s=0.001)
+
+
+class RecordingObserver(WriterObserver):
+    def __init__(self) -> None:
+        self.reports: list[CallReport] = []
+        self.started = 0
+        self.writable: list[tuple[bool, TransportError | None]] = []
+        self.pending_seen: list[int] = []
+
+    def call_started(self) -> None:
+        self.started += 1
+
+    def call_done(self, report: CallReport) -> None:
+        self.reports.append(report)
+
+    def writable_changed(self, writable: bool, error: TransportError | None) -> None:
+        self.writable.append((writable, error))
+
+    def pending(self, records: int) -> None:
+        self.pending_seen.append(records)
 
 
 @dataclass
@@ -297,26 +319,41 @@ async def test_a_rejected_record_does_not_block_its_key() -> None:
 async def test_only_failed_records_are_retried() -> None:
     records = [record(f"k{i}", 0) for i in range(5)]
     fake = FakeTransport(record_errors={b"k1#0": [THROTTLED], b"k3#0": [INTERNAL, THROTTLED]})
-    retries: list[str] = []
-    outcomes = await KinesisWriter(
-        "s", fake, FAST, on_retry=lambda _stream, code: retries.append(code)
-    ).put_all(records)
+    observer = RecordingObserver()
+    outcomes = await KinesisWriter("s", fake, FAST, observer).put_all(records)
     assert all(o.accepted for o in outcomes)
     assert [[d for d, _ in c.records] for c in fake.calls] == [
         [b"k0#0", b"k1#0", b"k2#0", b"k3#0", b"k4#0"],
         [b"k1#0", b"k3#0"],
         [b"k3#0"],
     ]
-    assert sorted(retries) == sorted([THROTTLED, INTERNAL, THROTTLED])
+    failures = sum((r.failed_by_code for r in observer.reports), Counter[str]())
+    assert failures == Counter({THROTTLED: 2, INTERNAL: 1})
+    assert [r.retried for r in observer.reports] == [0, 2, 1]
 
 
-async def test_on_reply_reports_each_call() -> None:
-    replies: list[tuple[str, int, int]] = []
+async def test_each_call_is_reported_with_its_shards_codes_and_retries() -> None:
+    observer = RecordingObserver()
     fake = FakeTransport(record_errors={b"b#0": [THROTTLED]})
-    await KinesisWriter(
-        "s", fake, FAST, on_reply=lambda stream, n, bad, _t: replies.append((stream, n, bad))
-    ).put_all([record("a", 0), record("b", 0)])
-    assert replies == [("s", 2, 1), ("s", 1, 0)]
+    await KinesisWriter("s", fake, FAST, observer).put_all([record("a", 0), record("b", 0)])
+    first, second = observer.reports
+    assert (first.records, first.accepted, first.failed, first.retried) == (2, 1, 1, 0)
+    assert first.size == len(b"a#0") + 1 + len(b"b#0") + 1
+    assert first.failed_by_code == Counter({THROTTLED: 1})
+    assert sum(first.throttled_by_shard.values()) == 1
+    assert (second.records, second.accepted, second.failed, second.retried) == (1, 1, 0, 1)
+    assert observer.started == 2
+    assert observer.pending_seen[0] == 2 and observer.pending_seen[-1] == 0
+
+
+async def test_a_failed_call_is_reported_with_its_error_code() -> None:
+    observer = RecordingObserver()
+    fake = FakeTransport(call_errors=[TransportError("InternalFailure", "boom", fatal=False)])
+    await KinesisWriter("s", fake, FAST, observer).put_all([record("a", 0), record("b", 0)])
+    first, second = observer.reports
+    assert first.call_error == "InternalFailure"
+    assert first.failed_by_code == Counter({"InternalFailure": 2})
+    assert (second.accepted, second.retried) == (2, 2)
 
 
 async def test_per_key_order_when_the_first_record_fails_several_times() -> None:
@@ -380,13 +417,10 @@ async def test_a_transient_call_error_is_retried() -> None:
 async def test_a_fatal_error_waits_and_retries_unwritable_meanwhile() -> None:
     fatal = TransportError("ResourceNotFoundException", "no such stream", fatal=True)
     writable_at_call: list[bool] = []
-    fatal_reports: list[TransportError | None] = []
+    observer = RecordingObserver()
     fake = FakeTransport(call_errors=[fatal, fatal])
     writer = KinesisWriter(
-        "s",
-        fake,
-        WriterConfig(backoff_max_s=0.0, fatal_retry_s=0.001),
-        on_fatal=lambda _stream, exc: fatal_reports.append(exc),
+        "s", fake, WriterConfig(backoff_max_s=0.0, fatal_retry_s=0.001), observer
     )
     fake.on_call = lambda _batch: writable_at_call.append(writer.writable)
     await writer.start()
@@ -395,7 +429,7 @@ async def test_a_fatal_error_waits_and_retries_unwritable_meanwhile() -> None:
     assert outcomes == [Outcome(accepted=True)]
     assert writable_at_call == [True, False, False]
     assert writer.writable is True
-    assert fatal_reports == [fatal, fatal, None]
+    assert observer.writable == [(True, None), (False, fatal), (True, None)]
 
 
 async def test_writable_is_false_while_waiting_after_a_fatal_error(

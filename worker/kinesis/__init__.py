@@ -7,6 +7,8 @@ Public API:
   limits, retrying failures without ever reordering records of one key.
 - :class:`Outcome`: what became of a record (accepted, or rejected for good
   with a reason to dead-letter it).
+- :class:`WriterObserver` and :class:`CallReport`: what the writer reports,
+  for metrics.
 - :class:`Transport` and :class:`AioBotoTransport`: the wire; tests pass a fake.
 """
 
@@ -17,10 +19,18 @@ from worker.kinesis._transport import (
     Transport,
     TransportError,
 )
-from worker.kinesis._writer import KinesisWriter, Outcome, Record, WriterConfig
+from worker.kinesis._writer import (
+    CallReport,
+    KinesisWriter,
+    Outcome,
+    Record,
+    WriterConfig,
+    WriterObserver,
+)
 
 __all__ = [
     "AioBotoTransport",
+    "CallReport",
     "KinesisWriter",
     "Outcome",
     "PutReply",
@@ -29,4 +39,5 @@ __all__ = [
     "Transport",
     "TransportError",
     "WriterConfig",
+    "WriterObserver",
 ]

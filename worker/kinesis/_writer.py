@@ -13,9 +13,9 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from worker.kinesis._shards import ShardMap, ShardRateLimiter
 from worker.kinesis._transport import (
@@ -69,6 +69,51 @@ class _Call:
     indices: list[int]
 
 
+THROTTLED = "ProvisionedThroughputExceededException"
+
+
+@dataclass(slots=True)
+class CallReport:
+    """What one PutRecords call did, for metrics."""
+
+    records: int
+    size: int
+    elapsed: float
+    retried: int  # records in the call that had been sent before
+    accepted_by_shard: Counter[str] = field(default_factory=Counter)
+    accepted_bytes_by_shard: Counter[str] = field(default_factory=Counter)
+    failed_by_code: Counter[str] = field(default_factory=Counter)
+    throttled_by_shard: Counter[str] = field(default_factory=Counter)
+    call_error: str | None = None  # the whole call failed with this code
+
+    @property
+    def accepted(self) -> int:
+        return sum(self.accepted_by_shard.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by_code.values())
+
+
+class WriterObserver:
+    """What the writer reports as it works; every hook is a no-op here.
+
+    The worker's metrics subclass it; tests record what they need.
+    """
+
+    def call_started(self) -> None: ...
+
+    def call_done(self, report: CallReport) -> None: ...
+
+    def writable_changed(self, writable: bool, error: TransportError | None) -> None: ...
+
+    def shards_listed(self, count: int) -> None: ...
+
+    def rate_limited(self, seconds: float) -> None: ...
+
+    def pending(self, records: int) -> None: ...
+
+
 class KinesisWriter:
     """Puts records into one stream and reports each record's outcome."""
 
@@ -77,10 +122,7 @@ class KinesisWriter:
         stream: str,
         transport: Transport,
         config: WriterConfig | None = None,
-        *,
-        on_reply: Callable[[str, int, int, float], None] | None = None,
-        on_retry: Callable[[str, str], None] | None = None,
-        on_fatal: Callable[[str, TransportError | None], None] | None = None,
+        observer: WriterObserver | None = None,
     ) -> None:
         self.stream = stream
         self._transport = transport
@@ -88,9 +130,8 @@ class KinesisWriter:
         self.max_record_bytes = DEFAULT_MAX_RECORD_BYTES
         # False until the stream was seen ACTIVE, and while it refuses writes.
         self.writable = False
-        self._on_reply = on_reply
-        self._on_retry = on_retry
-        self._on_fatal = on_fatal
+        self._observer = observer or WriterObserver()
+        self._pending = 0
         self._shards: ShardMap | None = None
         self._shards_listed_at = float("-inf")
         self._limiter = ShardRateLimiter(
@@ -102,10 +143,13 @@ class KinesisWriter:
         try:
             summary = await self._transport.describe_stream(self.stream)
         except TransportError as exc:
-            log.warning("cannot describe stream %s: %s", self.stream, exc)
+            log.warning(
+                "cannot describe stream %s: %s", self.stream, exc, extra={"stream": self.stream}
+            )
             return
         self.max_record_bytes = summary.max_record_bytes
         self.writable = summary.status in ("ACTIVE", "UPDATING")
+        self._observer.writable_changed(self.writable, None)
         await self._refresh_shards()
 
     async def _refresh_shards(self) -> None:
@@ -113,9 +157,12 @@ class KinesisWriter:
         try:
             shards = ShardMap.from_list_shards(await self._transport.list_shards(self.stream))
         except TransportError as exc:
-            log.warning("cannot list shards of %s: %s", self.stream, exc)
+            log.warning(
+                "cannot list shards of %s: %s", self.stream, exc, extra={"stream": self.stream}
+            )
             return
         self._shards = shards if len(shards) else None
+        self._observer.shards_listed(len(shards))
 
     async def close(self) -> None:
         await self._transport.close()
@@ -145,6 +192,24 @@ class KinesisWriter:
             else:
                 queues.setdefault(record.partition_key, deque()).append(index)
         isolate: set[int] = set()
+        sent_before = bytearray(len(records))  # 1 once a record was in a call
+        waiting = len(records) - sum(1 for o in outcomes if o is not None)
+        self._pending += waiting
+        self._observer.pending(self._pending)
+        try:
+            return await self._put_queued(records, outcomes, queues, isolate, sent_before)
+        finally:
+            self._pending -= waiting
+            self._observer.pending(self._pending)
+
+    async def _put_queued(
+        self,
+        records: Sequence[Record],
+        outcomes: list[Outcome | None],
+        queues: dict[str, deque[int]],
+        isolate: set[int],
+        sent_before: bytearray,
+    ) -> list[Outcome]:
         attempt = 0
         if time.monotonic() - self._shards_listed_at > self._config.shard_refresh_s:
             await self._refresh_shards()
@@ -153,7 +218,7 @@ class KinesisWriter:
             wave = [queue[0] for queue in queues.values()]
             if self._shards is not None:
                 wave = await self._within_shard_limits(records, wave, shard_of)
-            failed, fatal = await self._send_wave(records, wave, outcomes, isolate)
+            failed, fatal = await self._send_wave(records, wave, outcomes, isolate, sent_before)
             progressed = False
             for index in wave:
                 if outcomes[index] is not None:
@@ -162,20 +227,19 @@ class KinesisWriter:
                     queue.popleft()
                     if not queue:
                         del queues[records[index].partition_key]
+            if self.writable != (fatal is None):
+                self._observer.writable_changed(fatal is None, fatal)
             self.writable = fatal is None
             if fatal is not None:
-                if self._on_fatal is not None:
-                    self._on_fatal(self.stream, fatal)
                 log.error(
                     "stream %s refuses writes (%s); retrying in %.0fs",
                     self.stream,
                     fatal,
                     self._config.fatal_retry_s,
+                    extra={"stream": self.stream, "code": fatal.code},
                 )
                 await asyncio.sleep(self._config.fatal_retry_s)
                 continue
-            if self._on_fatal is not None:
-                self._on_fatal(self.stream, None)
             if failed:
                 # Back off harder only while nothing gets through: a wave in which
                 # some records were accepted restarts the backoff, so a share of
@@ -211,7 +275,9 @@ class KinesisWriter:
                     wait = min(wait, self._limiter.wait_time(shard, size, now))
             if allowed:
                 return allowed
-            await asyncio.sleep(max(wait, 0.001))
+            wait = max(wait, 0.001)
+            self._observer.rate_limited(wait)
+            await asyncio.sleep(wait)
 
     async def _send_wave(
         self,
@@ -219,6 +285,7 @@ class KinesisWriter:
         wave: list[int],
         outcomes: list[Outcome | None],
         isolate: set[int],
+        sent_before: bytearray,
     ) -> tuple[int, TransportError | None]:
         calls = self._plan_calls(records, wave, isolate)
         limit = asyncio.Semaphore(self._config.max_in_flight)
@@ -229,10 +296,23 @@ class KinesisWriter:
             nonlocal fatal, failed
             async with limit:
                 batch = [(records[i].data, records[i].partition_key) for i in call.indices]
-                started = asyncio.get_running_loop().time()
+                report = CallReport(
+                    records=len(batch),
+                    size=sum(len(data) + len(key.encode()) for data, key in batch),
+                    elapsed=0.0,
+                    retried=sum(sent_before[i] for i in call.indices),
+                )
+                for i in call.indices:
+                    sent_before[i] = 1
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                self._observer.call_started()
                 try:
                     replies = await self._transport.put_records(self.stream, batch)
                 except TransportError as exc:
+                    report.elapsed = loop.time() - started
+                    report.call_error = exc.code
+                    report.failed_by_code[exc.code] += len(call.indices)
                     failed += len(call.indices)
                     if exc.code == "ValidationException":
                         if len(call.indices) == 1:
@@ -244,25 +324,43 @@ class KinesisWriter:
                             isolate.update(call.indices)  # find the culprit alone
                     elif exc.fatal:
                         fatal = exc
-                    if self._on_retry is not None:
-                        self._on_retry(self.stream, exc.code)
+                    self._observer.call_done(report)
                     return
-                elapsed = asyncio.get_running_loop().time() - started
-                self._settle(call, replies, outcomes)
-                bad = sum(1 for reply in replies if reply.error_code is not None)
-                failed += bad
-                if self._on_reply is not None:
-                    self._on_reply(self.stream, len(replies), bad, elapsed)
+                report.elapsed = loop.time() - started
+                failed += self._settle(records, call, replies, outcomes, report)
+                self._observer.call_done(report)
 
         await asyncio.gather(*(run(call) for call in calls))
         return failed, fatal
 
-    def _settle(self, call: _Call, replies: list[PutReply], outcomes: list[Outcome | None]) -> None:
+    def _settle(
+        self,
+        records: Sequence[Record],
+        call: _Call,
+        replies: list[PutReply],
+        outcomes: list[Outcome | None],
+        report: CallReport,
+    ) -> int:
+        """Records each reply's outcome; returns how many records failed."""
+        failed = 0
         for index, reply in zip(call.indices, replies, strict=True):
+            record = records[index]
             if reply.error_code is None:
                 outcomes[index] = ACCEPTED
-            elif self._on_retry is not None:
-                self._on_retry(self.stream, reply.error_code)
+                shard = reply.shard_id or "unknown"
+                report.accepted_by_shard[shard] += 1
+                report.accepted_bytes_by_shard[shard] += len(record.data) + len(
+                    record.partition_key.encode()
+                )
+            else:
+                failed += 1
+                report.failed_by_code[reply.error_code] += 1
+                if reply.error_code == THROTTLED:
+                    shard_id = (
+                        self._shards.shard_for(record.partition_key) if self._shards else None
+                    )
+                    report.throttled_by_shard[shard_id or "unknown"] += 1
+        return failed
 
     def _plan_calls(
         self, records: Sequence[Record], wave: list[int], isolate: set[int]
