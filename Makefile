@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
 WITH_STACK := deploy/local/with-stack.sh
 
-.PHONY: help venv lint format unit integration test demo stack-up stack-down stack-status clean
+.PHONY: help venv tools dashboards lint format unit integration test demo stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo        run the worker on a local stack with sample data"
@@ -25,6 +25,14 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# Prometheus + promtool from Debian's package, unpacked under ~/.cache (once); tests use promtool.
+tools:
+	bash deploy/local/prometheus.sh install
+
+# Regenerates grafana/dashboards/*.json from grafana/generate.py.
+dashboards: venv
+	$(PY) grafana/generate.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -44,14 +52,14 @@ stack-down:
 stack-status:
 	$(STACK) status
 
-unit: venv
+unit: venv tools
 	$(PY) -m pytest tests/unit -q
 
 # Starts the stack when it is not running and stops it afterwards, also on failure.
 integration: venv
 	$(WITH_STACK) $(PY) -m pytest tests/integration -q
 
-test: lint
+test: lint tools
 	$(WITH_STACK) $(PY) -m pytest tests -q -p no:cacheprovider
 
 demo: venv

@@ -208,7 +208,6 @@ class DeliveryMetrics(WriterObserver):
         self._batch_records = PUT_BATCH_RECORDS.labels(destination=destination)
         self._batch_bytes = PUT_BATCH_BYTES.labels(destination=destination)
         self._retries = RETRIES.labels(destination=destination)
-        self._last_success = LAST_SUCCESS.labels(destination=destination)
 
     def limits(self, records_per_s: int, bytes_per_s: int) -> None:
         SHARD_LIMIT_RECORDS.labels(destination=self.destination).set(records_per_s)
@@ -227,7 +226,8 @@ class DeliveryMetrics(WriterObserver):
         accepted, failed = report.accepted, report.failed
         if accepted:
             self._accepted.inc(accepted)
-            self._last_success.set_to_current_time()
+            # No series before the first success: 0 would read as "56 years ago".
+            LAST_SUCCESS.labels(destination=self.destination).set_to_current_time()
             for shard, count in report.accepted_by_shard.items():
                 SHARD_RECORDS.labels(destination=self.destination, shard=shard).inc(count)
             for shard, size in report.accepted_bytes_by_shard.items():

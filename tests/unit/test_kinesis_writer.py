@@ -343,7 +343,8 @@ async def test_each_call_is_reported_with_its_shards_codes_and_retries() -> None
     assert sum(first.throttled_by_shard.values()) == 1
     assert (second.records, second.accepted, second.failed, second.retried) == (1, 1, 0, 1)
     assert observer.started == 2
-    assert observer.pending_seen[0] == 2 and observer.pending_seen[-1] == 0
+    assert observer.pending_seen[0] == 2
+    assert observer.pending_seen[-1] == 0
 
 
 async def test_a_failed_call_is_reported_with_its_error_code() -> None:
