@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
 WITH_STACK := deploy/local/with-stack.sh
 
-.PHONY: help venv tools dashboards lint format unit integration test demo stack-up stack-down stack-status clean
+.PHONY: help venv tools deploy-tools deploy-check prometheusrule dashboards lint format unit integration test demo stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo        run the worker on a local stack with sample data"
@@ -29,6 +29,19 @@ venv: $(VENV)/.installed
 # Prometheus + promtool from Debian's package, unpacked under ~/.cache (once); tests use promtool.
 tools:
 	bash deploy/local/prometheus.sh install
+
+# kustomize, compose-go's checker and the CRDs for tests/deploy, built or fetched
+# from the Go module proxy under ~/.cache (once). Needs Go.
+deploy-tools:
+	bash deploy/tools/install.sh install
+
+# Only the checks of deploy/ (Dockerfile, compose, Kubernetes, YAML); no stack needed.
+deploy-check: venv tools deploy-tools
+	$(PY) -m pytest tests/deploy -q -p no:cacheprovider
+
+# Regenerates the Kubernetes PrometheusRule from deploy/prometheus/alerts.yaml.
+prometheusrule: venv
+	$(PY) deploy/tools/prometheusrule.py
 
 # Regenerates grafana/dashboards/*.json from grafana/generate.py.
 dashboards: venv
@@ -59,7 +72,7 @@ unit: venv tools
 integration: venv
 	$(WITH_STACK) $(PY) -m pytest tests/integration -q
 
-test: lint tools
+test: lint tools deploy-tools
 	$(WITH_STACK) $(PY) -m pytest tests -q -p no:cacheprovider
 
 demo: venv

@@ -22,12 +22,13 @@ from typing import Any
 import faust
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from faust.streams import _current_event  # the only way to choose a table partition
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import __version__, logs, metrics
-from worker.kafka_client import broker_credentials, kafka_client_kwargs
+from worker.kafka_client import broker_credentials, diagnose_connection, kafka_client_kwargs
 from worker.kinesis import AioBotoTransport, KinesisWriter, WriterConfig
 from worker.monitoring import StateSampler
 from worker.pipeline import BatchProcessor, Destination, InputMessage
@@ -134,34 +135,80 @@ async def preflight(settings: Settings) -> TopicLayout:
     try:
         await asyncio.wait_for(admin.start(), 30)
     except Exception as exc:
+        # aiokafka says only "Unable to bootstrap"; name the key to fix when we can.
         raise ConfigError(
-            f"kafka.bootstrap_servers: cannot reach Kafka at {kafka.bootstrap_servers} ({exc!r})"
+            await diagnose_connection(kafka)
+            or f"kafka.bootstrap_servers: cannot reach Kafka at {kafka.bootstrap_servers} ({exc!r})"
         ) from None
     try:
-        described = await admin.describe_topics([kafka.qualifications_topic, kafka.profiles_topic])
-        counts: dict[str, int] = {}
-        for entry in described:
-            if entry["error_code"] != 0 or not entry["partitions"]:
-                key = (
-                    "kafka.qualifications_topic"
-                    if entry["topic"] == kafka.qualifications_topic
-                    else "kafka.profiles_topic"
-                )
-                raise ConfigError(f"{key}: topic {entry['topic']!r} does not exist")
-            counts[entry["topic"]] = len(entry["partitions"])
-        q, p = counts[kafka.qualifications_topic], counts[kafka.profiles_topic]
-        if q != p:
-            raise ConfigError(
-                f"kafka.profiles_topic: {kafka.profiles_topic!r} has {p} partitions but "
-                f"{kafka.qualifications_topic!r} has {q}; co-partitioned topics need the same count"
-            )
-        existing = await admin.list_topics()
-        if kafka.dlq_topic not in existing:
-            await admin.create_topics([NewTopic(kafka.dlq_topic, q, 1)])
-            log.info("created dead-letter topic %s", kafka.dlq_topic)
-        return TopicLayout(partitions=q)
+        return await _check_topics(settings, admin)
+    except KafkaError as exc:
+        # A login the broker refused silently (OAUTHBEARER) shows up only here.
+        cause = await diagnose_connection(kafka)
+        raise ConfigError(cause or f"kafka: {exc!r}") from None
     finally:
         await admin.close()
+
+
+async def _check_topics(settings: Settings, admin: AIOKafkaAdminClient) -> TopicLayout:
+    """Input topics exist and are co-partitioned; creates the dead-letter topic."""
+    kafka = settings.kafka
+    described = await admin.describe_topics([kafka.qualifications_topic, kafka.profiles_topic])
+    counts: dict[str, int] = {}
+    for entry in described:
+        if entry["error_code"] != 0 or not entry["partitions"]:
+            key = (
+                "kafka.qualifications_topic"
+                if entry["topic"] == kafka.qualifications_topic
+                else "kafka.profiles_topic"
+            )
+            raise ConfigError(f"{key}: topic {entry['topic']!r} does not exist")
+        counts[entry["topic"]] = len(entry["partitions"])
+    q, p = counts[kafka.qualifications_topic], counts[kafka.profiles_topic]
+    if q != p:
+        raise ConfigError(
+            f"kafka.profiles_topic: {kafka.profiles_topic!r} has {p} partitions but "
+            f"{kafka.qualifications_topic!r} has {q}; co-partitioned topics need the same count"
+        )
+    existing = await admin.list_topics()
+    if kafka.dlq_topic not in existing:
+        await admin.create_topics([NewTopic(kafka.dlq_topic, q, kafka.replication_factor)])
+        log.info("created dead-letter topic %s", kafka.dlq_topic)
+    await _ensure_changelogs(admin, settings, q, existing)
+    return TopicLayout(partitions=q)
+
+
+async def _ensure_changelogs(
+    admin: Any, settings: Settings, partitions: int, existing: Any
+) -> None:
+    """Creates the tables' changelog topics if missing, and waits until Kafka lists them.
+
+    Faust creates them itself just before its consumer subscribes; on a fresh
+    app_id the consumer's first metadata can then miss one (the broker has not
+    published it yet). Faust assigns none of its partitions and refuses every
+    write to that table ("PartitionsMismatch: ... changelog topic ... has 0
+    partitions") until the consumer's next metadata refresh, 5 minutes later,
+    and a rebalance meanwhile hangs waiting for the batch it keeps retrying.
+    """
+    names = [f"{settings.app_id}-{table}-changelog" for table in ("profiles", "memberships")]
+    missing = [name for name in names if name not in existing]
+    if missing:
+        compact = {"cleanup.policy": "compact"}
+        await admin.create_topics(
+            [
+                NewTopic(n, partitions, settings.kafka.replication_factor, topic_configs=compact)
+                for n in missing
+            ]
+        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        described = await admin.describe_topics(names)
+        if all(e["error_code"] == 0 and len(e["partitions"]) == partitions for e in described):
+            return
+        if loop.time() > deadline:
+            raise ConfigError(f"app_id: changelog topics {names} not visible in Kafka after 30s")
+        await asyncio.sleep(0.2)
 
 
 class WebServer(Service):
@@ -269,6 +316,8 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         stream_wait_empty=True,
         producer_acks=-1,
         table_cleanup_interval=60.0,
+        table_standby_replicas=runtime.standby_replicas,
+        topic_replication_factor=kafka.replication_factor,
         # A batch may wait on Kinesis retries; keep the group membership meanwhile.
         broker_max_poll_interval=600.0,
         broker_session_timeout=runtime.session_timeout_ms / 1000,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from aiokafka.errors import KafkaError
+
 from worker.app import preflight
+from worker.kafka_client import diagnose_connection
 from worker.kinesis import AioBotoTransport, TransportError
 from worker.settings import ConfigError, Settings
 
@@ -22,8 +25,12 @@ async def check(settings: Settings) -> int:
     try:
         layout = await preflight(settings)
         report(True, f"kafka: input topics co-partitioned ({layout.partitions} partitions)")
-    except ConfigError as exc:
-        report(False, f"kafka: {exc}")
+    except (ConfigError, KafkaError) as exc:
+        # "cannot reach" hides a refused login or an untrusted certificate, and a Kafka
+        # error can follow a login the broker refused silently (OAUTHBEARER): say which.
+        unclear = not isinstance(exc, ConfigError) or "cannot reach" in str(exc)
+        cause = await diagnose_connection(settings.kafka) if unclear else None
+        report(False, f"kafka: {cause or exc}")
     for index, destination in enumerate(settings.destinations):
         transport = AioBotoTransport(destination)
         where = f"destinations.{index} ({destination.name!r}) stream {destination.stream!r}"

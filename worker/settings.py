@@ -27,9 +27,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 ENV_PREFIX = "KD_"
 _XDM_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
@@ -120,11 +122,142 @@ class DestinationSettings(_Strict):
         return value
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"]
+_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_IAM_ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/.+$")
+
+
+def _problem(message: str) -> PydanticCustomError:
+    # The message is shown after the key's path, as "kafka.sasl_password: <message>".
+    return PydanticCustomError("kafka_security", message)
+
+
 class KafkaSettings(_Strict):
+    """Where Kafka is and how to connect to it (docs/configuration.md, section kafka).
+
+    The security keys are checked against each other here, each error on the
+    key to change; fields are validated in declaration order, so each validator
+    sees the keys above it in ``info.data`` (absent when they were invalid).
+    """
+
     bootstrap_servers: str = "127.0.0.1:9092"
     qualifications_topic: str = "segment-qualifications"
     profiles_topic: str = "profile-updates"
     dlq_topic: str = "kinesis-destination-dlq"
+    # Replicas of the topics the worker creates (dead letters, table changelogs);
+    # 1 suits a single local broker, production clusters want 3.
+    replication_factor: int = Field(default=1, ge=1, le=32)
+    # Security: how the worker connects and authenticates to the brokers.
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = Field(default=None, validate_default=True)
+    sasl_username: str | None = Field(default=None, min_length=1, validate_default=True)
+    sasl_password: SecretStr | None = Field(default=None, validate_default=True)
+    # AWS_MSK_IAM: the cluster's region; the role to assume, else the default chain.
+    aws_region: str | None = Field(default=None, validate_default=True)
+    aws_role_arn: str | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _mechanism_fits_protocol(
+        cls, value: SaslMechanism | None, info: ValidationInfo
+    ) -> SaslMechanism | None:
+        protocol = info.data.get("security_protocol")
+        if protocol is None:
+            return value
+        if protocol in _SASL_PROTOCOLS and value is None:
+            raise _problem(f"required when security_protocol is {protocol}")
+        if protocol not in _SASL_PROTOCOLS and value is not None:
+            raise _problem(
+                f"only used with security_protocol SASL_PLAINTEXT or SASL_SSL "
+                f"(security_protocol is {protocol})"
+            )
+        if value == "AWS_MSK_IAM" and protocol != "SASL_SSL":
+            raise _problem("AWS_MSK_IAM needs security_protocol SASL_SSL (MSK serves IAM on TLS)")
+        return value
+
+    @field_validator("sasl_username", "sasl_password")
+    @classmethod
+    def _credentials_fit_mechanism(cls, value: Any, info: ValidationInfo) -> Any:
+        if "security_protocol" not in info.data or "sasl_mechanism" not in info.data:
+            return value  # reported on those keys
+        mechanism = info.data["sasl_mechanism"]
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and value is None:
+            raise _problem(f"required with sasl_mechanism {mechanism}")
+        if mechanism == "AWS_MSK_IAM" and value is not None:
+            raise _problem("not used with sasl_mechanism AWS_MSK_IAM (AWS credentials sign in)")
+        if mechanism is None and value is not None:
+            raise _problem("only used with security_protocol SASL_PLAINTEXT or SASL_SSL")
+        return value
+
+    @field_validator("aws_region")
+    @classmethod
+    def _region_for_iam(cls, value: str | None, info: ValidationInfo) -> str | None:
+        mechanism = info.data.get("sasl_mechanism")
+        if "sasl_mechanism" not in info.data:
+            return value
+        if mechanism == "AWS_MSK_IAM" and value is None:
+            raise _problem("required with sasl_mechanism AWS_MSK_IAM: the MSK cluster's region")
+        if mechanism != "AWS_MSK_IAM" and value is not None:
+            raise _problem("only used with sasl_mechanism AWS_MSK_IAM")
+        if value is not None and not _AWS_REGION.match(value):
+            raise _problem(f"{value!r} is not an AWS region name such as us-east-1")
+        return value
+
+    @field_validator("aws_role_arn")
+    @classmethod
+    def _role_for_iam(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "sasl_mechanism" in info.data and info.data["sasl_mechanism"] != "AWS_MSK_IAM":
+            raise _problem("only used with sasl_mechanism AWS_MSK_IAM")
+        if value is not None and not _IAM_ROLE_ARN.match(value):
+            raise _problem("not an IAM role ARN such as arn:aws:iam::123456789012:role/name")
+        return value
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable_file_with_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return value
+        protocol = info.data.get("security_protocol")
+        if protocol is not None and protocol not in _TLS_PROTOCOLS:
+            raise _problem(
+                "only used with security_protocol SSL or SASL_SSL "
+                f"(security_protocol is {protocol})"
+            )
+        if not value.is_file():
+            raise _problem(f"no such file: {value}")
+        try:
+            with value.open("rb"):
+                pass
+        except OSError as exc:
+            raise _problem(f"cannot read {value}: {exc.strerror}") from None
+        return value
+
+    @field_validator("ssl_keyfile")
+    @classmethod
+    def _key_has_certificate(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and "ssl_certfile" in info.data and info.data["ssl_certfile"] is None:
+            raise _problem("needs ssl_certfile, the client certificate of this key")
+        return value
+
+    @field_validator("ssl_key_password")
+    @classmethod
+    def _password_has_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and "ssl_certfile" in info.data and info.data["ssl_certfile"] is None:
+            raise _problem("needs ssl_certfile (and ssl_keyfile when the key is apart)")
+        return value
 
 
 class RuntimeSettings(_Strict):
@@ -148,6 +281,9 @@ class RuntimeSettings(_Strict):
     shutdown_timeout_s: float = Field(default=20.0, ge=0, le=600)
     # A worker that stops heart-beating for this long loses its partitions.
     session_timeout_ms: int = Field(default=45_000, ge=6_000, le=300_000)
+    # Other workers keep a warm copy of each table partition (Faust standby
+    # replicas), so a moved partition resumes without reading its whole changelog.
+    standby_replicas: int = Field(default=1, ge=0, le=8)
 
 
 class Settings(_Strict):

