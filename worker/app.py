@@ -27,7 +27,7 @@ from faust.streams import _current_event  # the only way to choose a table parti
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import __version__, logs, metrics
+from worker import __version__, _faust_patches, logs, metrics
 from worker.kafka_client import broker_credentials, diagnose_connection, kafka_client_kwargs
 from worker.kinesis import AioBotoTransport, KinesisWriter, WriterConfig
 from worker.monitoring import StateSampler
@@ -300,6 +300,7 @@ def _exit_now(timeout_s: float) -> None:
 
 
 def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list[Service]]:
+    _faust_patches.apply()
     runtime = settings.runtime
     kafka = settings.kafka
     app = WorkerApp(
