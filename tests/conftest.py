@@ -13,11 +13,19 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import NewTopic
 
-from tests.support import Stack, StreamFactory, TopicFactory, admin_call, run_sync
+from tests.support import (
+    Stack,
+    StreamFactory,
+    TopicFactory,
+    admin_call,
+    prometheus_tool,
+    run_sync,
+)
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +91,9 @@ def kinesis_stream(stack: Stack) -> Iterator[StreamFactory]:
     yield create
     for name in created:
         client.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """Debian's promtool, installed by `make tools`."""
+    return prometheus_tool("promtool")

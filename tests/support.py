@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import boto3
 import orjson
+import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -298,3 +299,35 @@ class ProxyThread:
         asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+PROMETHEUS_HINT = (
+    "run 'make tools' (deploy/local/prometheus.sh install) or set PROMTOOL to a promtool"
+)
+
+
+def prometheus_tool(name: str) -> Path:
+    """The path of Debian's ``prometheus`` or ``promtool`` as the repo installs it.
+
+    ``PROMTOOL`` may name a promtool; the other binary is then looked up next to it.
+    Fails (never skips) when it is missing.
+    """
+    explicit = os.environ.get("PROMTOOL")
+    if explicit:
+        folder = Path(explicit).parent
+    else:
+        found = subprocess.run(
+            ["bash", str(REPO / "deploy" / "local" / "prometheus.sh"), "path"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if found.returncode != 0:
+            pytest.fail(
+                f"{name} not found: {found.stderr.strip()}; {PROMETHEUS_HINT}", pytrace=False
+            )
+        folder = Path(found.stdout.strip())
+    path = Path(explicit) if explicit and name == "promtool" else folder / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"{name} not found at {path}; {PROMETHEUS_HINT}", pytrace=False)
+    return path

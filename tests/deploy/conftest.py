@@ -9,7 +9,6 @@ with the command that installs it; these tests never skip.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +57,6 @@ def crd_dir() -> Path:
     path = deploy_tools_dir() / "crds"
     if not (path / ".complete").is_file():
         pytest.fail(f"the CRDs are not in {path}: {INSTALL_HINT}", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="session")
-def promtool() -> Path:
-    hint = "run 'make tools' (deploy/local/prometheus.sh install) or set PROMTOOL to a promtool"
-    explicit = os.environ.get("PROMTOOL")
-    if explicit:
-        path = Path(explicit)
-    else:
-        found = run(["bash", DEPLOY / "local" / "prometheus.sh", "path"])
-        if found.returncode != 0:
-            pytest.fail(f"promtool not found: {found.stderr.strip()}; {hint}", pytrace=False)
-        path = Path(found.stdout.strip()) / "promtool"
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"promtool not found at {path}; {hint}", pytrace=False)
     return path
 
 

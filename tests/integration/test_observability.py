@@ -32,6 +32,7 @@ from tests.support import (
     free_port,
     produce,
     profile_update,
+    prometheus_tool,
     qualification,
     run_sync,
 )
@@ -39,18 +40,6 @@ from tests.support import (
 DASHBOARDS = REPO / "grafana" / "dashboards"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
 PROFILES = 300
-
-
-def prometheus_bin() -> Path:
-    result = subprocess.run(
-        [str(REPO / "deploy/local/prometheus.sh"), "path"], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            "Prometheus is not installed: run 'deploy/local/prometheus.sh install' "
-            f"(make test does): {result.stderr.strip()}"
-        )
-    return Path(result.stdout.strip())
 
 
 class Prometheus:
@@ -70,7 +59,7 @@ class Prometheus:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
-                    str(prometheus_bin() / "prometheus"),
+                    str(prometheus_tool("prometheus")),
                     f"--config.file={self.config_path}",
                     f"--storage.tsdb.path={workdir / 'tsdb'}",
                     f"--web.listen-address=127.0.0.1:{self.port}",

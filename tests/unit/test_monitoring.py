@@ -6,7 +6,6 @@ and `make unit` do so first) or from $PROMTOOL. Without it these tests fail, nev
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -31,27 +30,6 @@ TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every s
 
 
 # -- promtool ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def promtool() -> Path:
-    hint = "run 'make tools' (deploy/local/prometheus.sh install) or set PROMTOOL to a promtool"
-    explicit = os.environ.get("PROMTOOL")
-    if explicit:
-        path = Path(explicit)
-    else:
-        found = subprocess.run(
-            ["bash", str(ROOT / "deploy" / "local" / "prometheus.sh"), "path"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if found.returncode != 0:
-            pytest.fail(f"promtool not found: {found.stderr.strip()}; {hint}", pytrace=False)
-        path = Path(found.stdout.strip()) / "promtool"
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"promtool not found at {path}; {hint}", pytrace=False)
-    return path
 
 
 def run_promtool(promtool: Path, *args: str) -> str:
