@@ -584,6 +584,13 @@ def entered_then_left(
     return len(reader.records), violations
 
 
+def stalled(worker: WorkerProcess) -> str:
+    """What a worker that stopped exporting was doing: its kd_ metrics and its log."""
+    _, body = worker.get("/metrics")
+    state = [line for line in body.decode().splitlines() if line.startswith("kd_")]
+    return "\n".join([*state, worker.log(120)])
+
+
 def test_killing_the_worker_loses_nothing(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -612,7 +619,7 @@ def test_killing_the_worker_loses_nothing(
                 before = len(reader.records)
                 deadline = time.monotonic() + 60
                 while len(reader.records) < before + 500:
-                    assert time.monotonic() < deadline, worker.log()
+                    assert time.monotonic() < deadline, stalled(worker)
                     reader.poll()
                 if round_ == 0:
                     worker.kill()
