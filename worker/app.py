@@ -382,6 +382,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
             app,
             {"profiles": profiles, "memberships": memberships},
             [kafka.qualifications_topic, kafka.profiles_topic],
+            runner.activity,
         ),
     ]
     return app, services
@@ -425,6 +426,7 @@ class EventBatches:
         self._max_bytes = max_bytes
         self.buffered_bytes = 0
         self.buffered_events = 0
+        self.last_event_at = 0.0
         self._room = asyncio.Condition()
 
     @staticmethod
@@ -448,6 +450,7 @@ class EventBatches:
             )
             self.buffered_bytes += size
             self.buffered_events += 1
+            self.last_event_at = asyncio.get_running_loop().time()
         metrics.BUFFERED_BYTES.set(self.buffered_bytes)
         metrics.BUFFERED_EVENTS.set(self.buffered_events)
         await self._queue.put(event)
@@ -479,6 +482,10 @@ class BatchRunner:
         self._processor = processor
         self._batches = EventBatches(max_events, linger_s, max_bytes)
         self._processing: asyncio.Future[None] | None = None
+
+    def activity(self) -> tuple[float, int]:
+        """When the last event was taken, and how many are taken and not done."""
+        return self._batches.last_event_at, self._batches.buffered_events
 
     async def run(self, stream: Any) -> None:
         manual = stream.noack()  # acks are ours

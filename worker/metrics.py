@@ -58,6 +58,15 @@ ASSIGNED_PARTITIONS = Gauge(
     "kd_assigned_partitions", "Input partitions assigned to this worker", ["topic"]
 )
 REBALANCES = Counter("kd_rebalances_total", "Consumer group rebalances seen by this worker")
+FETCH_RESTARTS = Counter(
+    "kd_fetch_restarts_total",
+    "Times fetching was resumed because a ready worker with lag received no event for 20 s",
+)
+HOLE_REPLAYS = Counter(
+    "kd_hole_replays_total",
+    "Partitions fetched again from an offset the consumer skipped (see worker/_faust_patches.py)",
+    ["topic"],
+)
 BATCH_SECONDS = Histogram(
     "kd_batch_seconds",
     "Time to process one batch of input events, puts included",
