@@ -215,10 +215,16 @@ class WebServer(Service):
     """/metrics, /healthz and /readyz; up from start-up, before table recovery."""
 
     def __init__(
-        self, app: faust.App, host: str, port: int, writers: Sequence[KinesisWriter]
+        self,
+        app: faust.App,
+        host: str,
+        port: int,
+        writers: Sequence[KinesisWriter],
+        sampler: StateSampler | None = None,
     ) -> None:
         super().__init__()
         self.app = app
+        self.sampler = sampler
         self.host = host
         self.port = port
         self.writers = writers
@@ -239,6 +245,8 @@ class WebServer(Service):
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        if self.sampler is not None and self.sampler.stuck:
+            return web.json_response({"status": "stuck: lag waiting, no event fetched"}, status=503)
         return web.json_response({"status": "alive"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
@@ -376,14 +384,15 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         await runner.run(stream)
 
     writers = [d.writer for d in destinations]
+    sampler = StateSampler(
+        app,
+        {"profiles": profiles, "memberships": memberships},
+        [kafka.qualifications_topic, kafka.profiles_topic],
+        runner.activity,
+    )
     services: list[Service] = [
-        WebServer(app, runtime.web_host, runtime.web_port, writers),
-        StateSampler(
-            app,
-            {"profiles": profiles, "memberships": memberships},
-            [kafka.qualifications_topic, kafka.profiles_topic],
-            runner.activity,
-        ),
+        WebServer(app, runtime.web_host, runtime.web_port, writers, sampler),
+        sampler,
     ]
     return app, services
 

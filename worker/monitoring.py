@@ -52,6 +52,10 @@ class StateSampler(Service):
         """``activity`` gives (time of the last event taken, events buffered)."""
         super().__init__(**kwargs)
         self.activity = activity
+        # Set when fetching stayed stuck after a restart of it: /healthz then
+        # fails, so the orchestrator restarts the worker (a new process resumes).
+        self.stuck = False
+        self._restarts = 0
         self._idle_since: float | None = None
         self._lag_total = 0
         self.app = app
@@ -84,9 +88,12 @@ class StateSampler(Service):
     async def unstick(self, now: float) -> None:
         """Restarts fetching when a ready worker with lag receives nothing.
 
-        Seen in 2 of 14 kill tests with the recovery patch of
-        worker/_faust_patches.py: a restarted worker, ready, with every input
-        partition lagging, received no event at all.
+        Seen in about 3 of 22 kill tests with the recovery patch of
+        worker/_faust_patches.py: a restarted worker, ready, every input
+        partition lagging, received no event at all. Resuming and seeking the
+        partitions is tried first; if the worker stays idle, ``stuck`` is set
+        and /healthz fails, so the orchestrator restarts it (a new process
+        resumes from the committed offsets, which loses nothing).
         """
         recovery = self.app.tables.recovery
         if self.activity is None or self.app.rebalancing or not recovery.completed.is_set():
@@ -95,18 +102,26 @@ class StateSampler(Service):
         last_event, buffered = self.activity()
         if self._lag_total == 0 or buffered > 0:
             self._idle_since = None
+            self._restarts = 0
+            self.stuck = False
             return
+        if self._idle_since is not None and last_event > self._idle_since:
+            self._restarts = 0  # events came in since the last check
+            self.stuck = False
         since = max(last_event, self._idle_since if self._idle_since is not None else now)
         self._idle_since = since
         if now - since < STUCK_AFTER_S:
             return
         consumer = self.app.consumer
         inputs = {tp for tp in consumer.assignment() if tp.topic in self.input_topics}
+        self._restarts += 1
+        self.stuck = self._restarts > 1
         log.warning(
-            "no event for %.0fs with %d messages waiting: resuming and seeking %d partitions",
+            "no event for %.0fs with %d messages waiting: resuming and seeking %d partitions%s",
             now - since,
             self._lag_total,
             len(inputs),
+            "; still stuck after that, /healthz now fails" if self.stuck else "",
         )
         metrics.FETCH_RESTARTS.inc()
         consumer.resume_partitions(inputs)

@@ -356,12 +356,17 @@ async def test_a_ready_worker_with_lag_that_receives_nothing_fetches_again() -> 
     await sampler.unstick(now=1021.0)
     assert app.consumer.sought_all == 1
     assert app.consumer.resumed == {TP("q", 0), TP("q", 1), TP("p", 0), TP("p", 1)}
+    assert not sampler.stuck
+    await sampler.unstick(now=1042.0)  # still nothing: only a restart will do
+    assert app.consumer.sought_all == 2
+    assert sampler.stuck
     # Events buffered (a slow Kinesis, say) or arriving: not stuck.
     activity.append((1021.0, 5))
     await sampler.unstick(now=1100.0)
+    assert not sampler.stuck
     activity.append((1095.0, 0))
     await sampler.unstick(now=1110.0)
-    assert app.consumer.sought_all == 1
+    assert app.consumer.sought_all == 2
 
 
 # -- JSON logs -------------------------------------------------------------------------------
