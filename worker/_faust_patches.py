@@ -81,13 +81,23 @@ async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
 _original_new_offset = _consumer.Consumer._new_offset
 
 
+def skipped_offset(consumer: Any, tp: Any) -> int | None:
+    """The committed offset of ``tp`` when it was never acknowledged while later
+    ones were, and no recorded gap explains it; else None."""
+    acked = consumer._acked.get(tp)
+    committed = consumer._committed_offset.get(tp)
+    if not acked or committed is None or min(acked) <= committed or consumer._gap.get(tp):
+        return None
+    committed_offset: int = committed
+    return committed_offset
+
+
 def _new_offset(self: Any, tp: Any) -> int | None:
     acked = self._acked[tp]
     if acked:
         acked[:] = sorted(set(acked))
-        committed = self._committed_offset[tp]
-        if committed is not None and acked[0] > committed and not self._gap[tp]:
-            return None  # the next offset to commit was never acknowledged
+    if skipped_offset(self, tp) is not None:
+        return None  # the next offset to commit was never acknowledged
     result: int | None = _original_new_offset(self, tp)
     return result
 

@@ -197,20 +197,14 @@ class DeliveryMetrics(WriterObserver):
         self.destination = destination
         DESTINATION_INFO.labels(destination=destination, stream=stream, region=region).set(1)
         # Label sets known at start exist from the first scrape, at 0.
-        for result in ("accepted", "failed"):
-            PUT_RECORDS.labels(destination=destination, result=result)
         for status in ("realized", "existing", "exited", "updated"):
             EXPORTS.labels(destination=destination, status=status)
-        RETRIES.labels(destination=destination)
         RATE_LIMIT_WAIT.labels(destination=destination)
-        IN_FLIGHT.labels(destination=destination).set(0)
-        PENDING_RECORDS.labels(destination=destination).set(0)
         STREAM_WRITABLE.labels(destination=destination).set(0)
-        PUT_LATENCY.labels(destination=destination)
-        PUT_BATCH_RECORDS.labels(destination=destination)
-        PUT_BATCH_BYTES.labels(destination=destination)
         self._in_flight = IN_FLIGHT.labels(destination=destination)
+        self._in_flight.set(0)
         self._pending = PENDING_RECORDS.labels(destination=destination)
+        self._pending.set(0)
         self._accepted = PUT_RECORDS.labels(destination=destination, result="accepted")
         self._failed = PUT_RECORDS.labels(destination=destination, result="failed")
         self._latency = PUT_LATENCY.labels(destination=destination)

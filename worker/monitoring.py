@@ -16,6 +16,7 @@ from typing import Any
 from mode import Service
 
 from worker import metrics
+from worker._faust_patches import skipped_offset
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,8 @@ class StateSampler(Service):
         for tp in consumer.assignment():
             if tp.topic not in self.input_topics:
                 continue
-            acked = consumer._acked.get(tp)
-            committed = consumer._committed_offset.get(tp)
-            if not acked or committed is None or min(acked) <= committed or consumer._gap.get(tp):
+            committed = skipped_offset(consumer, tp)
+            if committed is None:
                 continue
             first = self._holes.get(tp)
             since = first[1] if first is not None and first[0] == committed else now
@@ -190,11 +190,9 @@ class StateSampler(Service):
             end = highwaters.get(tp)
             if end is None:
                 continue
-            done = committed.get(tp) or 0
-            lag_total += max(0, end - done)
-            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(0, end - done)
-            )
+            lag = max(0, end - (committed.get(tp) or 0))
+            lag_total += lag
+            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
         for topic, count in counts.items():
             metrics.ASSIGNED_PARTITIONS.labels(topic=topic).set(count)
         self._lag_total = lag_total
