@@ -12,9 +12,7 @@ import asyncio
 import logging
 import os
 import threading
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,13 @@ import faust
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
-from faust.streams import _current_event  # the only way to choose a table partition
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import __version__, _faust_patches, logs, metrics
+from worker import __version__, logs, metrics
+from worker import faust as faust_fixes
+from worker.faust.repair import Repairs
+from worker.faust.tables import FaustTables
 from worker.kafka_client import broker_credentials, diagnose_connection, kafka_client_kwargs
 from worker.kinesis import AioBotoTransport, KinesisWriter, WriterConfig
 from worker.monitoring import StateSampler
@@ -35,79 +35,6 @@ from worker.pipeline import BatchProcessor, Destination, InputMessage
 from worker.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _event_scope(event: Any) -> Iterator[None]:
-    """Makes ``event`` Faust's current event while tables are touched.
-
-    Faust picks a table's changelog partition (and RocksDB's partition store)
-    from the current event. Tables here are written after a whole batch, so
-    each key is written in the scope of the last event that touched it:
-    same profile id, same partition number.
-    """
-    token = _current_event.set(weakref.ref(event) if event is not None else None)
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-class FaustTables:
-    """The pipeline's StateTables on two Faust tables keyed by profile id."""
-
-    def __init__(self, profiles: Any, memberships: Any) -> None:
-        self.profiles = profiles
-        self.memberships = memberships
-        self._pending: list[Any] = []
-        for table in (profiles, memberships):
-            table.send_changelog = self._tracking(table.send_changelog)
-
-    def _tracking(self, send_changelog: Callable[..., Any]) -> Callable[..., Any]:
-        # Faust drops the future of a table write's changelog message; keep it, so
-        # that flush() can wait until Kafka has every write of a batch.
-        def send(*args: Any, **kwargs: Any) -> Any:
-            future = send_changelog(*args, **kwargs)
-            self._pending.append(future)
-            return future
-
-        return send
-
-    async def flush(self) -> None:
-        """Waits until Kafka acknowledged every changelog write made so far.
-
-        Faust's own producer flush gives up after 0.1 s with writes still
-        queued, and the offsets of a batch must not be committed before its
-        state is durable: a restart would then find stale state and drop
-        exports (seen in the kill/restart test as a lost "exited").
-        """
-        pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
-
-    def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
-        with _event_scope(scope):
-            value: dict[str, Any] | None = self.profiles.get(profile_id)
-            return value
-
-    def get_memberships(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
-        with _event_scope(scope):
-            value: dict[str, Any] | None = self.memberships.get(profile_id)
-            return value
-
-    def put_profile(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
-        self._put(self.profiles, profile_id, value, scope)
-
-    def put_memberships(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
-        self._put(self.memberships, profile_id, value, scope)
-
-    @staticmethod
-    def _put(table: Any, key: str, value: dict[str, Any] | None, scope: Any) -> None:
-        with _event_scope(scope):
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
 
 
 class DeadLetterTopic:
@@ -220,11 +147,11 @@ class WebServer(Service):
         host: str,
         port: int,
         writers: Sequence[KinesisWriter],
-        sampler: StateSampler | None = None,
+        repairs: Repairs | None = None,
     ) -> None:
         super().__init__()
         self.app = app
-        self.sampler = sampler
+        self.repairs = repairs
         self.host = host
         self.port = port
         self.writers = writers
@@ -245,7 +172,7 @@ class WebServer(Service):
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        if self.sampler is not None and self.sampler.stuck:
+        if self.repairs is not None and self.repairs.stuck:
             return web.json_response({"status": "stuck: lag waiting, no event fetched"}, status=503)
         return web.json_response({"status": "alive"})
 
@@ -308,7 +235,7 @@ def _exit_now(timeout_s: float) -> None:
 
 
 def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list[Service]]:
-    _faust_patches.apply()
+    faust_fixes.apply()
     runtime = settings.runtime
     kafka = settings.kafka
     app = WorkerApp(
@@ -330,6 +257,9 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         # A batch may wait on Kinesis retries; keep the group membership meanwhile.
         broker_max_poll_interval=600.0,
         broker_session_timeout=runtime.session_timeout_ms / 1000,
+        # Static membership (KIP-345): a restarted worker with the same id gets
+        # its partitions back without a rebalance of the others.
+        consumer_group_instance_id=runtime.instance_id,
         broker_heartbeat_interval=min(3.0, runtime.session_timeout_ms / 3000),
         worker_redirect_stdouts=False,
     )
@@ -384,15 +314,13 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         await runner.run(stream)
 
     writers = [d.writer for d in destinations]
-    sampler = StateSampler(
-        app,
-        {"profiles": profiles, "memberships": memberships},
-        [kafka.qualifications_topic, kafka.profiles_topic],
-        runner.activity,
-    )
+    input_topics = [kafka.qualifications_topic, kafka.profiles_topic]
+    sampler = StateSampler(app, {"profiles": profiles, "memberships": memberships}, input_topics)
+    repairs = Repairs(app, input_topics, runner.activity, sampler.lag_total)
     services: list[Service] = [
-        WebServer(app, runtime.web_host, runtime.web_port, writers, sampler),
+        WebServer(app, runtime.web_host, runtime.web_port, writers, repairs),
         sampler,
+        repairs,
     ]
     return app, services
 

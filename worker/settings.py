@@ -284,6 +284,14 @@ class RuntimeSettings(_Strict):
     # Other workers keep a warm copy of each table partition (Faust standby
     # replicas), so a moved partition resumes without reading its whole changelog.
     standby_replicas: int = Field(default=1, ge=0, le=8)
+    # Kafka static membership (group.instance.id, KIP-345): a stable id per
+    # worker (the pod name of a StatefulSet). A restarted worker with the same
+    # id gets its partitions back at once, without a rebalance of the others;
+    # a worker that stops for good keeps its partitions until the session
+    # timeout. None: dynamic membership.
+    instance_id: str | None = Field(
+        default=None, min_length=1, max_length=249, pattern=r"^[a-zA-Z0-9._\-]+$"
+    )
 
 
 class Settings(_Strict):

@@ -314,61 +314,6 @@ async def test_sampler_reports_lag_per_assigned_input_partition() -> None:
     assert REGISTRY.get_sample_value("kd_consumer_lag", {"topic": "q", "partition": "0"}) is None
 
 
-async def test_a_skipped_offset_is_fetched_again_after_a_while() -> None:
-    app = _App()
-    sampler = StateSampler(app, {}, ["q", "p"])
-    hole = TP("q", 0)  # committed 90: 90 never acked, 91 and 92 were
-    app.consumer._acked[hole] = [91, 92]
-    app.consumer._acked[TP("q", 1)] = [5, 6]  # nothing committed yet: not a hole
-    await sampler.replay_holes(now=100.0)
-    await sampler.replay_holes(now=110.0)
-    assert app.consumer.seeks == []
-    await sampler.replay_holes(now=116.0)
-    assert app.consumer.seeks == [(hole, 90)]
-    assert sample("kd_hole_replays_total", topic="q") >= 1
-
-
-async def test_in_order_acks_gaps_and_rebalances_replay_nothing() -> None:
-    app = _App()
-    sampler = StateSampler(app, {}, ["q", "p"])
-    app.consumer._acked[TP("q", 0)] = [90, 91]  # the batch in order
-    app.consumer._acked[TP("p", 0)] = [3]  # committed None
-    app.consumer._committed_offset[TP("p", 1)] = 10
-    app.consumer._acked[TP("p", 1)] = [12]
-    app.consumer._gap[TP("p", 1)] = ["10-12"]  # offsets Kafka never delivers
-    for now in (0.0, 20.0, 40.0):
-        await sampler.replay_holes(now)
-    app.consumer._acked[TP("q", 0)] = [95]
-    app.rebalancing = True
-    for now in (60.0, 80.0, 100.0):
-        await sampler.replay_holes(now)
-    assert app.consumer.seeks == []
-
-
-async def test_a_ready_worker_with_lag_that_receives_nothing_fetches_again() -> None:
-    app = _App()
-    activity = [(0.0, 0)]
-    sampler = StateSampler(app, {}, ["q", "p"], lambda: activity[-1])
-    await sampler._sample_lag()  # 67 messages waiting
-    await sampler.unstick(now=1000.0)
-    await sampler.unstick(now=1015.0)
-    assert app.consumer.sought_all == 0
-    await sampler.unstick(now=1021.0)
-    assert app.consumer.sought_all == 1
-    assert app.consumer.resumed == {TP("q", 0), TP("q", 1), TP("p", 0), TP("p", 1)}
-    assert not sampler.stuck
-    await sampler.unstick(now=1042.0)  # still nothing: only a restart will do
-    assert app.consumer.sought_all == 2
-    assert sampler.stuck
-    # Events buffered (a slow Kinesis, say) or arriving: not stuck.
-    activity.append((1021.0, 5))
-    await sampler.unstick(now=1100.0)
-    assert not sampler.stuck
-    activity.append((1095.0, 0))
-    await sampler.unstick(now=1110.0)
-    assert app.consumer.sought_all == 2
-
-
 # -- JSON logs -------------------------------------------------------------------------------
 
 

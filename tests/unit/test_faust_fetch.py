@@ -1,0 +1,150 @@
+"""worker.faust.fetch: the thread fetches the set Faust asked for; offsets without a record.
+
+The first tests run Faust's own consumer object (no broker is needed to call
+its fetch step): recovery empties the live active-partition set while the
+consumer thread is fetching, as it does after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
+
+from worker import faust as fixes
+from worker.faust import fetch
+
+IN = TP("in", 0)
+CHANGELOG = TP("app-profiles-changelog", 0)
+
+
+def record(tp: TP, offset: int) -> Any:
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k",
+        value=b"v",
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=1,
+        headers=[],
+    )
+
+
+@pytest.fixture
+async def consumer() -> Any:
+    fixes.apply()
+    app = faust.App(f"t-fetch-{id(object())}", broker="kafka://127.0.0.1:1", store="memory://")
+    found: Any = app.consumer
+    found.highwater = lambda tp: 0
+    return found
+
+
+def thread_that_sees_recovery_pause(consumer: Any, prefetched: dict[TP, list[Any]]) -> list[Any]:
+    """A consumer thread like aiokafka's: while it waits for records, recovery
+    pauses the changelog (the live set is now empty); it then returns what
+    aiokafka's ``fetched_records`` would: records of the partitions it was
+    given, or of EVERY partition when that set is empty."""
+    asked: list[Any] = []
+
+    async def getmany(active_partitions: Any, timeout: float) -> dict[TP, list[Any]]:  # noqa: ASYNC109
+        consumer.pause_partitions({CHANGELOG})
+        await asyncio.sleep(0)
+        asked.append(set(active_partitions))
+        return {
+            tp: records
+            for tp, records in prefetched.items()
+            if not active_partitions or tp in active_partitions
+        }
+
+    consumer._getmany = getmany
+    return asked
+
+
+async def test_faust_alone_hands_the_thread_a_set_that_recovery_empties(consumer: Any) -> None:
+    """The bug (faust-streaming 0.15.3): the thread sees an empty set, so aiokafka
+    returns the prefetched input records, and Faust drops them all."""
+    consumer._active_partitions = {CHANGELOG}
+    asked = thread_that_sees_recovery_pause(consumer, {IN: [record(IN, 0), record(IN, 1)]})
+    original: Any = fetch.original_wait_next_records
+    records, active = await original(consumer, 0.1)
+    assert asked == [set()]  # the thread saw the live set, emptied
+    assert IN in records  # aiokafka handed over (and moved past) the input records
+    delivered = [tp for tp in records if tp in active or tp in consumer._buffered_partitions]
+    assert delivered == []  # ... and Faust's filter drops every one of them
+
+
+async def test_the_thread_fetches_the_set_faust_asked_for(consumer: Any) -> None:
+    consumer._active_partitions = {CHANGELOG}
+    asked = thread_that_sees_recovery_pause(consumer, {IN: [record(IN, 0)]})
+    records, active = await consumer._wait_next_records(0.1)
+    assert asked == [{CHANGELOG}]
+    assert records == {}  # nothing of the input partition was taken from aiokafka
+    assert active == frozenset({CHANGELOG})
+
+
+async def test_an_empty_set_fetches_nothing(consumer: Any) -> None:
+    consumer._active_partitions = set()
+    asked = thread_that_sees_recovery_pause(consumer, {IN: [record(IN, 0)]})
+    records, _ = await consumer._wait_next_records(0.1)
+    assert records == {}
+    assert asked == []
+
+
+async def test_what_was_fetched_is_delivered_even_if_the_set_changed_meanwhile(
+    consumer: Any,
+) -> None:
+    consumer._active_partitions = {IN, CHANGELOG}
+    prefetched = {IN: [record(IN, 0), record(IN, 1)], CHANGELOG: [record(CHANGELOG, 5)]}
+    thread_that_sees_recovery_pause(consumer, prefetched)
+    delivered = [(tp, message.offset) async for tp, message in consumer.getmany(0.1)]
+    assert sorted(delivered) == [(CHANGELOG, 5), (IN, 0), (IN, 1)]
+
+
+# -- offsets without a record -------------------------------------------------------------
+
+
+def spans_of(*fetches: tuple[int, int, list[int]], assignment: object = None) -> fetch.Spans:
+    spans = fetch.Spans()
+    for start, end, offsets in fetches:
+        spans.record(IN, assignment, start, end, offsets)
+    return spans
+
+
+def test_contiguous_records_leave_no_empty_offsets() -> None:
+    spans = spans_of((0, 3, [0, 1, 2]), (3, 5, [3, 4]))
+    assert spans.empty(IN) == []
+    assert spans.first_fetched(IN) == 0
+
+
+def test_markers_and_compacted_offsets_at_the_head_middle_and_tail() -> None:
+    # 10: compacted; 13: a transaction marker; 16-17: marker and aborted/compacted
+    spans = spans_of((10, 18, [11, 12, 14, 15]))
+    assert spans.empty(IN) == [(10, 11), (13, 14), (16, 18)]
+
+
+def test_a_fetch_of_markers_only_is_recorded_and_ranges_merge() -> None:
+    spans = spans_of((0, 3, [0, 1]), (3, 4, []))
+    assert spans.empty(IN) == [(2, 4)]
+    spans.forget_below(IN, 3)
+    assert spans.empty(IN) == [(3, 4)]
+    spans.forget_below(IN, 4)
+    assert spans.empty(IN) == []
+
+
+def test_first_fetched_starts_again_with_each_assignment() -> None:
+    first, second = object(), object()
+    spans = fetch.Spans()
+    spans.record(IN, first, 40, 42, [40, 41])
+    spans.record(IN, first, 20, 21, [20])  # a repair sought back
+    assert spans.first_fetched(IN) == 20
+    spans.record(IN, second, 42, 43, [42])
+    assert spans.first_fetched(IN) == 42
+    assert spans.first_fetched(TP("other", 0)) is None

@@ -1,0 +1,50 @@
+"""Everything that reaches into faust-streaming's (and aiokafka's) internals.
+
+One module per workaround; each names the upstream issue and the test that
+proves it:
+
+- ``fetch``: the consumer thread fetches the partitions Faust asked for, not
+  a live set that recovery empties (the post-restart stall); offsets without
+  a record (transaction markers, compaction) are recorded.
+- ``commits``: never commit past a record that was not acknowledged
+  (faust-streaming#606), and commit over offsets that hold no record.
+- ``recovery``: seek before resume after table recovery (faust-streaming#596).
+- ``tables``: the current event for table writes, and durable changelog writes.
+- ``repair``: last-resort hole replay and fetch watchdog, counted in metrics.
+
+``apply()`` refuses other versions: an upgrade has to look at each again.
+"""
+
+from __future__ import annotations
+
+import aiokafka
+import faust
+
+PATCHED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14."}
+_applied = False
+
+
+def check_versions(faust_version: str, aiokafka_version: str) -> None:
+    if faust_version != PATCHED_VERSIONS["faust-streaming"] or not aiokafka_version.startswith(
+        PATCHED_VERSIONS["aiokafka"]
+    ):
+        raise RuntimeError(
+            f"worker.faust fixes faust-streaming {PATCHED_VERSIONS['faust-streaming']} with "
+            f"aiokafka {PATCHED_VERSIONS['aiokafka']}x, found {faust_version} with "
+            f"{aiokafka_version}: check each fix against them before upgrading"
+        )
+
+
+def apply() -> None:
+    global _applied
+    if _applied:
+        return
+    check_versions(faust.__version__, aiokafka.__version__)
+    from faust.transport import consumer
+
+    from worker.faust import commits, fetch, recovery
+
+    consumer.Consumer._new_offset = commits._new_offset  # type: ignore[method-assign]
+    fetch.apply()
+    recovery.apply()
+    _applied = True

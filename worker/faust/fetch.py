@@ -1,0 +1,149 @@
+"""What the consumer thread fetches: the partitions Faust asked for, and what it saw.
+
+1. **The live active set** (not yet reported upstream; reproduction in
+   docs/faust-fetch-race.md). faust-streaming 0.15.3's
+   ``Consumer._wait_next_records`` hands its *live* ``_active_partitions`` set
+   to the consumer thread. Table recovery empties that set while a fetch is in
+   flight (changelogs paused, stream partitions not yet resumed); aiokafka's
+   ``Fetcher.fetched_records`` reads an empty set as "every partition", returns
+   the prefetched input records and moves its positions past them, and Faust
+   then drops every record of a partition not in its (empty) set. A restarted
+   worker received nothing (with no committed offset there is nothing to seek
+   back to), or lost records for good once later ones were committed.
+   The fix hands the thread a frozen copy, fetches nothing when it is empty,
+   and filters the fetched records with that same copy.
+   Proved by tests/unit/test_faust_fetch.py and, end to end, by
+   tests/integration/test_pipeline.py::test_killing_the_worker_loses_nothing.
+
+2. **Offsets without a record.** aiokafka skips transaction markers, aborted
+   batches and compacted-away records without telling anyone. ``SPANS``
+   records, per fetch, which offsets between the position before and after it
+   held no record, and where fetching began after each assignment, so that
+   ``commits.py`` can commit over them and nothing else.
+   Proved by tests/integration/test_offsets.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+from aiokafka.consumer.fetcher import FetchResult
+from faust.transport import consumer as faust_consumer
+
+_Key = tuple[str, int]
+
+
+class Spans:
+    """Offsets known to hold no record, and the first offset fetched, per partition.
+
+    Written by the consumer thread, read by Faust's event loop: every access
+    holds the lock. What it says is a fact about the log (a marker is a marker
+    for every reader), so it is keyed by topic and partition only.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._empty: dict[_Key, list[tuple[int, int]]] = {}
+        self._first: dict[_Key, tuple[int, int]] = {}  # key -> (assignment id, offset)
+
+    def record(self, tp: Any, assignment: object, start: int, end: int, offsets: list[int]) -> None:
+        """A fetch moved ``tp`` from ``start`` to ``end`` and returned ``offsets``."""
+        key = (tp.topic, tp.partition)
+        holes: list[tuple[int, int]] = []
+        if not offsets:
+            holes.append((start, end))
+        else:
+            if offsets[0] > start:
+                holes.append((start, offsets[0]))
+            if offsets[-1] - offsets[0] != len(offsets) - 1:
+                for before, after in itertools.pairwise(offsets):
+                    if after > before + 1:
+                        holes.append((before + 1, after))
+            if end > offsets[-1] + 1:
+                holes.append((offsets[-1] + 1, end))
+        with self._lock:
+            first = self._first.get(key)
+            if first is None or first[0] != id(assignment):
+                self._first[key] = (id(assignment), start)
+            elif start < first[1]:
+                self._first[key] = (first[0], start)
+            if holes:
+                self._empty[key] = _merge(self._empty.get(key, []) + holes)
+
+    def empty(self, tp: Any) -> list[tuple[int, int]]:
+        with self._lock:
+            return list(self._empty.get((tp.topic, tp.partition), ()))
+
+    def first_fetched(self, tp: Any) -> int | None:
+        with self._lock:
+            first = self._first.get((tp.topic, tp.partition))
+        return first[1] if first is not None else None
+
+    def forget_below(self, tp: Any, offset: int) -> None:
+        key = (tp.topic, tp.partition)
+        with self._lock:
+            ranges = self._empty.get(key)
+            if ranges:
+                kept = [(max(b, offset), e) for b, e in ranges if e > offset]
+                if kept:
+                    self._empty[key] = kept
+                else:
+                    del self._empty[key]
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for begin, end in sorted(ranges):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+SPANS = Spans()
+
+_original_getall = FetchResult.getall
+
+
+def _getall(self: Any, max_records: int | None = None) -> list[Any]:
+    """Replaces aiokafka's ``FetchResult.getall`` (0.14): the same, and tells SPANS."""
+    partition_records = self._partition_records
+    if partition_records is None:
+        return []
+    start: int = partition_records.next_fetch_offset
+    records: list[Any] = _original_getall(self, max_records)
+    end: int = partition_records.next_fetch_offset
+    if end > start:
+        offsets = [r.offset for r in records]
+        SPANS.record(self._topic_partition, self._assignment, start, end, offsets)
+    return records
+
+
+async def _wait_next_records(self: Any, timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109
+    """Replaces ``faust.transport.consumer.Consumer._wait_next_records`` (0.15.3)."""
+    if not self.flow_active:
+        await self.wait(self.can_resume_flow)
+    try:
+        self.not_waiting_next_records.set()
+        # A copy: the live set may change while the thread fetches, and Faust
+        # filters what comes back with the set returned here.
+        active = None if self.app.client_only else frozenset(self._get_active_partitions())
+        if active is not None and not active:
+            # aiokafka would read an empty set as "every partition".
+            await self.sleep(0.1)
+            return {}, active
+        records = await self._getmany(active_partitions=active, timeout=timeout)
+        return records, active
+    finally:
+        self.not_waiting_next_records.set()
+
+
+original_wait_next_records = faust_consumer.Consumer._wait_next_records
+
+
+def apply() -> None:
+    faust_consumer.Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign]
+    FetchResult.getall = _getall

@@ -1,0 +1,168 @@
+"""Last-resort repairs of a consumer that stopped delivering, each counted.
+
+With the fixes of this package neither should fire; both stay as a safety net
+and their counters are expected to read 0 (docs/observability.md).
+
+- **Hole replay** (``kd_hole_replays_total``): an offset that holds a
+  partition's commits back while later offsets were acknowledged never
+  reached the agent (batches are acknowledged in offset order). After
+  ``HOLE_REPLAY_AFTER_S`` the partition is fetched again from it, exactly as a
+  restart would: events already handled replay as duplicates, none is lost.
+- **Fetch watchdog** (``kd_fetch_restarts_total``): a ready worker with lag,
+  nothing buffered, that receives no event for ``STUCK_AFTER_S`` logs its
+  consumer's active and paused partitions and positions, resumes and
+  re-seeks its input partitions; if it stays idle, ``stuck`` is set and
+  /healthz fails so that the orchestrator restarts it.
+
+Re-seeking a partition without a committed offset goes to where fetching began
+(the reset position), never "to committed": aiokafka's ``seek_to_committed``
+leaves such a partition where it is.
+
+Proved by tests/unit/test_faust_repair.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from mode import Service
+
+from worker import metrics
+from worker.faust import commits, fetch
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL_S = 5.0
+HOLE_REPLAY_AFTER_S = 15.0
+STUCK_AFTER_S = 20.0
+
+
+async def reposition(consumer: Any, tps: Iterable[Any]) -> dict[Any, int | None]:
+    """Seeks each partition to its committed offset, or where fetching began
+    when nothing was committed (the beginning if nothing was fetched either)."""
+    targets: dict[Any, int | None] = {}
+    for tp in tps:
+        target = commits.start_of(consumer, tp)
+        if target is None:
+            await consumer._thread.seek_to_beginning(tp)
+            consumer._read_offset[tp] = None
+        else:
+            await consumer.seek(tp, target)
+        targets[tp] = target
+    return targets
+
+
+class Repairs(Service):
+    def __init__(
+        self,
+        app: Any,
+        input_topics: Collection[str],
+        activity: Callable[[], tuple[float, int]],
+        lag: Callable[[], int],
+        **kwargs: Any,
+    ) -> None:
+        """``activity`` gives (time of the last event taken, events buffered);
+        ``lag`` the input messages waiting for this worker."""
+        super().__init__(**kwargs)
+        self.app = app
+        self.input_topics = frozenset(input_topics)
+        self.activity = activity
+        self.lag = lag
+        self.stuck = False
+        self._restarts = 0
+        self._idle_since: float | None = None
+        self._holes: dict[Any, tuple[int, float]] = {}  # tp -> (offset, first seen)
+
+    @Service.timer(CHECK_INTERVAL_S)
+    async def _check(self) -> None:
+        try:
+            now = asyncio.get_running_loop().time()
+            await self.replay_holes(now)
+            await self.watchdog(now)
+        except Exception:  # a check missed is not worth stopping for
+            log.debug("repair check failed", exc_info=True)
+
+    def _inputs(self) -> list[Any]:
+        return [tp for tp in self.app.consumer.assignment() if tp.topic in self.input_topics]
+
+    async def replay_holes(self, now: float) -> None:
+        consumer = self.app.consumer
+        if self.app.rebalancing:
+            self._holes.clear()
+            return
+        seen: dict[Any, tuple[int, float]] = {}
+        for tp in self._inputs():
+            offset = commits.skipped_offset(consumer, tp)
+            if offset is None:
+                continue
+            first = self._holes.get(tp)
+            since = first[1] if first is not None and first[0] == offset else now
+            if now - since < HOLE_REPLAY_AFTER_S:
+                seen[tp] = (offset, since)
+                continue
+            log.warning(
+                "offset %d of %s[%d] never reached the agent; fetching again from it",
+                offset,
+                tp.topic,
+                tp.partition,
+                extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
+            )
+            metrics.HOLE_REPLAYS.labels(topic=tp.topic).inc()
+            await consumer.seek(tp, offset)
+        self._holes = seen
+
+    async def watchdog(self, now: float) -> None:
+        recovery = self.app.tables.recovery
+        if self.app.rebalancing or not recovery.completed.is_set():
+            self._idle_since = None
+            return
+        last_event, buffered = self.activity()
+        lag = self.lag()
+        if lag == 0 or buffered > 0:
+            self._idle_since = None
+            self._restarts = 0
+            self.stuck = False
+            return
+        if self._idle_since is not None and last_event > self._idle_since:
+            self._restarts = 0  # events came in since the last check
+            self.stuck = False
+        since = max(last_event, self._idle_since if self._idle_since is not None else now)
+        self._idle_since = since
+        if now - since < STUCK_AFTER_S:
+            return
+        consumer = self.app.consumer
+        inputs = self._inputs()
+        self._restarts += 1
+        self.stuck = self._restarts > 1
+        positions = {}
+        for tp in inputs:
+            try:
+                positions[f"{tp.topic}[{tp.partition}]"] = await consumer.position(tp)
+            except Exception as exc:  # the state is what we want to see
+                positions[f"{tp.topic}[{tp.partition}]"] = repr(exc)
+        log.warning(
+            "no event for %.0fs with %d messages waiting: re-seeking %d input partitions%s; "
+            "active %s, paused %s, positions %s, committed %s, first fetched %s",
+            now - since,
+            lag,
+            len(inputs),
+            "; still stuck after that, /healthz now fails" if self.stuck else "",
+            _names(consumer._active_partitions or ()),
+            _names(consumer._paused_partitions or ()),
+            positions,
+            {f"{tp.topic}[{tp.partition}]": consumer._committed_offset.get(tp) for tp in inputs},
+            {f"{tp.topic}[{tp.partition}]": fetch.SPANS.first_fetched(tp) for tp in inputs},
+        )
+        metrics.FETCH_RESTARTS.inc()
+        consumer.resume_partitions(inputs)
+        self.app.flow_control.resume()
+        consumer.resume_flow()
+        await reposition(consumer, inputs)
+        self._idle_since = now
+
+
+def _names(tps: Iterable[Any]) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)

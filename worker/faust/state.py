@@ -1,0 +1,26 @@
+"""Read-only views of Faust's private state, for metrics and repairs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def committed_offsets(consumer: Any) -> Mapping[Any, int | None]:
+    """The committed offset of each assigned partition as Faust knows it (read
+    from the group at assignment, then updated on each commit)."""
+    offsets: Mapping[Any, int | None] = consumer._committed_offset
+    return offsets
+
+
+def table_size(table: Any) -> int:
+    """Keys in the table's active partitions on this worker.
+
+    RocksDB: the store's own estimate (counting keys would read them all every
+    few seconds); it may be off by a few, including one offset key per partition.
+    """
+    store = table.data
+    dbs = getattr(store, "_dbs_for_actives", None)
+    if dbs is not None:
+        return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in dbs())
+    return len(store)
