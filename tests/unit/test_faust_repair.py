@@ -8,7 +8,8 @@ from faust.types import TP
 from prometheus_client import REGISTRY
 
 from worker.faust import fetch
-from worker.faust.repair import Repairs, reposition
+from worker.faust.positions import reposition, seek_to_committed
+from worker.faust.repair import Repairs
 
 
 def sample(name: str, **labels: str) -> float:
@@ -34,7 +35,7 @@ class _Consumer:
         self._paused_partitions: set[TP] = {self.q0}
         self._read_offset: dict[TP, int | None] = {}
         self._thread = _Thread(self)
-        self.seeks: list[tuple[TP, Any]] = []
+        self.seeks: list[tuple[Any, Any]] = []
         self.resumed: set[TP] = set()
 
     async def seek(self, tp: TP, offset: int) -> None:
@@ -45,6 +46,9 @@ class _Consumer:
 
     def resume_flow(self) -> None:
         pass
+
+    async def perform_seek(self) -> None:
+        self.seeks.append(("all", "committed"))
 
     async def position(self, tp: TP) -> int:
         return 7
@@ -118,6 +122,19 @@ async def test_reposition_seeks_to_committed_or_where_fetching_began() -> None:
     targets = await reposition(consumer, [consumer.q0, consumer.q1, consumer.p0])
     assert targets == {consumer.q0: 90, consumer.q1: 5, consumer.p0: None}
     assert consumer.seeks == [(consumer.q0, 90), (consumer.q1, 5), (consumer.p0, "beginning")]
+
+
+async def test_the_seek_after_recovery_sends_uncommitted_partitions_to_the_reset_position() -> None:
+    """aiokafka's seek_to_committed leaves them where they are: past records a
+    recovery dropped."""
+    consumer = _Consumer("after-recovery")
+    consumer._committed_offset[consumer.q1] = 0  # 0: nothing processed
+    await seek_to_committed(consumer, [consumer.q0, consumer.q1, consumer.p0])
+    assert consumer.seeks == [
+        ("all", "committed"),
+        (consumer.q1, 0),
+        (consumer.p0, "beginning"),
+    ]
 
 
 async def test_a_ready_worker_with_lag_that_receives_nothing_fetches_again(

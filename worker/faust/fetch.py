@@ -10,8 +10,11 @@
    then drops every record of a partition not in its (empty) set. A restarted
    worker received nothing (with no committed offset there is nothing to seek
    back to), or lost records for good once later ones were committed.
-   The fix hands the thread a frozen copy, fetches nothing when it is empty,
-   and filters the fetched records with that same copy.
+   The fix hands the thread a frozen copy and fetches nothing when it is
+   empty. Records of a partition paused during the fetch are still dropped by
+   Faust's filter (they must not reach the agent during recovery); the
+   recovery's final seek (``recovery.py``) fetches them again, also where
+   nothing was committed.
    Proved by tests/unit/test_faust_fetch.py and, end to end, by
    tests/integration/test_pipeline.py::test_killing_the_worker_loses_nothing.
 
@@ -128,14 +131,16 @@ async def _wait_next_records(self: Any, timeout: float) -> tuple[Any, Any]:  # n
         await self.wait(self.can_resume_flow)
     try:
         self.not_waiting_next_records.set()
-        # A copy: the live set may change while the thread fetches, and Faust
-        # filters what comes back with the set returned here.
-        active = None if self.app.client_only else frozenset(self._get_active_partitions())
-        if active is not None and not active:
+        # Faust filters what comes back with the live set returned here (records
+        # of a partition paused meanwhile are dropped; the seek at the end of the
+        # recovery that paused it fetches them again); the thread gets a copy.
+        active = None if self.app.client_only else self._get_active_partitions()
+        fetch_for = None if active is None else frozenset(active)
+        if fetch_for is not None and not fetch_for:
             # aiokafka would read an empty set as "every partition".
             await self.sleep(0.1)
             return {}, active
-        records = await self._getmany(active_partitions=active, timeout=timeout)
+        records = await self._getmany(active_partitions=fetch_for, timeout=timeout)
         return records, active
     finally:
         self.not_waiting_next_records.set()

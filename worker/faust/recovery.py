@@ -5,7 +5,8 @@ partitions and only then seeks them to their committed offsets, so records
 from the old position can arrive and the seek lands behind them: offsets then
 go missing or are acknowledged twice (faust-streaming#596, robinhood/faust#559;
 commits crawled one offset per commit after a rebalance). This is 0.15.3's
-body with the seek moved before the resume.
+body with the seek moved before the resume, and partitions without a
+committed offset sought to the reset position (``positions.py``).
 
 Proved by tests/integration/test_scaling.py (partitions moving between
 workers: nothing lost, nothing out of order).
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+from worker.faust import positions
 
 
 async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
@@ -36,14 +39,20 @@ async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
     if self.app.consumer_generation_id != generation_id:
         self.log.warning("Recovery rebalancing again")
         return
+    streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
     if assignment:
         # Seek BEFORE resuming: nothing may be fetched from the old position.
+        # Partitions without a commit go to the reset position: records fetched
+        # there before the recovery paused them were dropped (fetch.py).
         self.log.info("Seek stream partitions to committed offsets.")
-        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        await self._wait(
+            positions.seek_to_committed(consumer, streams),
+            timeout=self.app.conf.broker_request_timeout,
+        )
     if self.app.consumer_generation_id != generation_id:
         self.log.warning("Recovery rebalancing again")
         return
-    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    consumer.resume_partitions(streams)
     self.completed.set()
     self.app.flow_control.resume()
     consumer.resume_flow()

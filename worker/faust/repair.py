@@ -14,9 +14,8 @@ and their counters are expected to read 0 (docs/observability.md).
   re-seeks its input partitions; if it stays idle, ``stuck`` is set and
   /healthz fails so that the orchestrator restarts it.
 
-Re-seeking a partition without a committed offset goes to where fetching began
-(the reset position), never "to committed": aiokafka's ``seek_to_committed``
-leaves such a partition where it is.
+Re-seeking goes through ``positions.reposition``: a partition without a
+committed offset goes to where fetching began, not "to committed".
 
 Proved by tests/unit/test_faust_repair.py.
 """
@@ -32,27 +31,13 @@ from mode import Service
 
 from worker import metrics
 from worker.faust import commits, fetch
+from worker.faust.positions import reposition
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 5.0
 HOLE_REPLAY_AFTER_S = 15.0
 STUCK_AFTER_S = 20.0
-
-
-async def reposition(consumer: Any, tps: Iterable[Any]) -> dict[Any, int | None]:
-    """Seeks each partition to its committed offset, or where fetching began
-    when nothing was committed (the beginning if nothing was fetched either)."""
-    targets: dict[Any, int | None] = {}
-    for tp in tps:
-        target = commits.start_of(consumer, tp)
-        if target is None:
-            await consumer._thread.seek_to_beginning(tp)
-            consumer._read_offset[tp] = None
-        else:
-            await consumer.seek(tp, target)
-        targets[tp] = target
-    return targets
 
 
 class Repairs(Service):
