@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka.structs import TopicPartition
 from faust.types import TP
 from prometheus_client import REGISTRY
 
@@ -21,8 +22,9 @@ class _Thread:
     def __init__(self, consumer: _Consumer) -> None:
         self.consumer = consumer
 
-    async def seek_to_beginning(self, tp: TP) -> None:
-        self.consumer.seeks.append((tp, "beginning"))
+    async def seek_to_beginning(self, tp: Any) -> None:
+        assert isinstance(tp, TopicPartition), "aiokafka refuses other types"
+        self.consumer.seeks.append((TP(tp.topic, tp.partition), "beginning"))
 
 
 class _Consumer:

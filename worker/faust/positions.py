@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka.structs import TopicPartition
+
 from worker.faust import commits
 
 
@@ -24,7 +26,8 @@ async def reposition(consumer: Any, tps: Iterable[Any]) -> dict[Any, int | None]
     for tp in tps:
         target = commits.start_of(consumer, tp)
         if target is None:
-            await consumer._thread.seek_to_beginning(tp)
+            # aiokafka insists on its own TopicPartition type here.
+            await consumer._thread.seek_to_beginning(TopicPartition(tp.topic, tp.partition))
             consumer._read_offset[tp] = None
         else:
             await consumer.seek(tp, target)
