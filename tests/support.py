@@ -171,6 +171,18 @@ class WorkerProcess:
             self.process.wait()
             self.process = None
 
+    def repairs(self) -> list[str]:
+        """Log lines of the last-resort repairs (worker.faust.repair): a hole
+        replayed or the fetch watchdog firing. None is expected."""
+        if not self.log_path.exists():
+            return []
+        text = self.log_path.read_text(errors="replace")
+        return [
+            line
+            for line in text.splitlines()
+            if '"logger":"worker.faust.repair"' in line and '"level":"warning"' in line
+        ]
+
     def log(self, lines: int = 60) -> str:
         if not self.log_path.exists():
             return ""

@@ -1,4 +1,4 @@
-"""Reproduces faust-streaming#??? (to be filed): records dropped when recovery empties
+"""Reproduces a faust-streaming 0.15.3 bug (not yet reported): records dropped when recovery empties
 the active-partition set while the consumer thread is fetching.
 
 Needs faust-streaming 0.15.3, aiokafka 0.14 and a broker on 127.0.0.1:9092:
@@ -6,9 +6,10 @@ Needs faust-streaming 0.15.3, aiokafka 0.14 and a broker on 127.0.0.1:9092:
     python docs/upstream/faust_fetch_race.py            # Faust as released: records lost
     python docs/upstream/faust_fetch_race.py --fixed    # with the fix: all received
 
-It produces 100 records to a fresh topic, then starts an app with one table
-and one agent. Recovery of the (empty) table pauses the changelog partition
-and only later resumes the input partition; in between, Faust's live
+It produces 100 records to a fresh topic and one to the changelog of a
+table, then starts an app with that table and one agent. Recovery of the
+table pauses the changelog partition and only later resumes the input
+partition; in between, Faust's live
 ``_active_partitions`` set is empty. This script only widens that window,
 which a loaded machine hits by itself (docs/upstream/faust-fetch-race.md):
 the end of recovery takes 1 s, and the consumer thread looks at the set it
@@ -48,7 +49,7 @@ received: list[bytes] = []
 _fetched_records = Fetcher.fetched_records
 
 
-async def slow_to_read_the_set(self, partitions, timeout=0, max_records=None):  # type: ignore[no-untyped-def]
+async def slow_to_read_the_set(self, partitions, timeout=0, max_records=None):  # type: ignore[no-untyped-def]  # noqa: ASYNC109
     """aiokafka's fetched_records, entered a little late: by then recovery has
     emptied the set Faust handed over (the live object) and the background
     fetcher has prefetched the input partition."""
@@ -76,7 +77,7 @@ Recovery.on_recovery_completed = slow_recovery_end  # type: ignore[method-assign
 if "--fixed" in sys.argv:
     from faust.transport import consumer as faust_consumer
 
-    async def _wait_next_records(self, timeout):  # type: ignore[no-untyped-def]
+    async def _wait_next_records(self, timeout):  # type: ignore[no-untyped-def]  # noqa: ASYNC109
         """0.15.3's body; the thread gets a frozen copy, and nothing when it is empty."""
         if not self.flow_active:
             await self.wait(self.can_resume_flow)
@@ -113,6 +114,8 @@ async def produce() -> None:
     producer = AIOKafkaProducer(bootstrap_servers=BROKER)
     await producer.start()
     try:
+        # A table with state to recover, as after a restart.
+        await producer.send_and_wait(f"{NAME}-counts-changelog", key=b'"k"', value=b"1")
         for i in range(RECORDS):
             await producer.send_and_wait(NAME, key=b"k", value=str(i).encode())
     finally:
@@ -126,7 +129,13 @@ if __name__ == "__main__":
         admin = AIOKafkaAdminClient(bootstrap_servers=BROKER)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(NAME, 1, 1)])
+            compact = {"cleanup.policy": "compact"}
+            await admin.create_topics(
+                [
+                    NewTopic(NAME, 1, 1),
+                    NewTopic(f"{NAME}-counts-changelog", 1, 1, topic_configs=compact),
+                ]
+            )
         finally:
             await admin.close()
 

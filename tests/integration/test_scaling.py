@@ -986,6 +986,8 @@ def test_partitions_and_state_move_between_workers(
                 "uncommitted": len(exposed[change.name]),
                 "repeats": explained[change.name],
             }
+        repairs = [line for w in scaled.workers.values() for line in w.repairs()]
+        assert not repairs, "a last-resort repair was needed:\n" + "\n".join(repairs)
         lines.append(f"[scaling] test took {time.monotonic() - test_started:.0f}s")
         record_property("scaling", orjson.dumps(figures).decode())
         with capsys.disabled():

@@ -40,6 +40,7 @@ class Restart:
     same_partitions: bool  # the restarted worker holds the partitions it held before
     received: int
     violations: int
+    repairs: int  # last-resort repairs logged by either worker
 
 
 def restart_after_sigkill(stack: Stack, workdir: Path, static: bool) -> Restart:
@@ -118,6 +119,7 @@ def restart_after_sigkill(stack: Stack, workdir: Path, static: bool) -> Restart:
             same_partitions=restarted_holds == [w2_partitions],
             received=received,
             violations=violations,
+            repairs=len(w1.repairs()) + len(w2.repairs()),
         )
     finally:
         if load is not None:
@@ -144,3 +146,4 @@ def test_a_restarted_static_member_keeps_its_partitions_without_a_rebalance(
     assert result.received >= 2 * PROFILES
     assert result.same_partitions, "the restarted worker got its own partitions back"
     assert not result.other_rebalanced, "the other worker was not rebalanced"
+    assert result.repairs == 0
