@@ -338,6 +338,8 @@ def _initial_metrics(settings: Settings) -> None:
         metrics.EVENTS.labels(topic=kafka.profiles_topic, outcome=outcome)
     for reason in metrics.DEAD_LETTER_REASONS:
         metrics.DEAD_LETTERS.labels(reason=reason)
+    for topic in (kafka.qualifications_topic, kafka.profiles_topic):
+        metrics.HOLE_REPLAYS.labels(topic=topic)
     metrics.READY.set(0)
 
 

@@ -60,11 +60,11 @@ ASSIGNED_PARTITIONS = Gauge(
 REBALANCES = Counter("kd_rebalances_total", "Consumer group rebalances seen by this worker")
 FETCH_RESTARTS = Counter(
     "kd_fetch_restarts_total",
-    "Times fetching was resumed because a ready worker with lag received no event for 20 s",
+    "Times the fetch watchdog re-sought the input partitions of a ready worker with lag that received no event for 20 s",
 )
 HOLE_REPLAYS = Counter(
     "kd_hole_replays_total",
-    "Partitions fetched again from an offset the consumer skipped (see worker/_faust_patches.py)",
+    "Partitions fetched again from an offset that never reached the agent (worker/faust/repair.py)",
     ["topic"],
 )
 BATCH_SECONDS = Histogram(
