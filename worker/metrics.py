@@ -60,7 +60,8 @@ ASSIGNED_PARTITIONS = Gauge(
 REBALANCES = Counter("kd_rebalances_total", "Consumer group rebalances seen by this worker")
 FETCH_RESTARTS = Counter(
     "kd_fetch_restarts_total",
-    "Times the fetch watchdog re-sought the input partitions of a ready worker with lag that received no event for 20 s",
+    "Times the fetch watchdog re-sought the input partitions of a ready worker with lag "
+    "that received no event for 20 s",
 )
 HOLE_REPLAYS = Counter(
     "kd_hole_replays_total",
