@@ -315,6 +315,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
 
     writers = [d.writer for d in destinations]
     input_topics = [kafka.qualifications_topic, kafka.profiles_topic]
+    faust_fixes.fetch.SPANS.track(input_topics)
     sampler = StateSampler(app, {"profiles": profiles, "memberships": memberships}, input_topics)
     repairs = Repairs(app, input_topics, runner.activity, sampler.lag_total)
     services: list[Service] = [

@@ -150,3 +150,18 @@ def test_first_fetched_starts_again_with_each_assignment() -> None:
     spans.record(IN, second, 42, 43, [42])
     assert spans.first_fetched(IN) == 42
     assert spans.first_fetched(TP("other", 0)) is None
+
+
+def test_only_tracked_topics_are_recorded() -> None:
+    spans = fetch.Spans()
+    spans.track([IN.topic])
+    spans.record(CHANGELOG, None, 0, 10, [3])  # a compacted changelog in recovery
+    spans.record(IN, None, 0, 10, [3])
+    assert spans.empty(CHANGELOG) == []
+    assert spans.first_fetched(CHANGELOG) is None
+    assert spans.empty(IN) == [(0, 3), (4, 10)]
+
+
+def test_ranges_stay_sorted_and_merged_when_fetched_again_from_further_back() -> None:
+    spans = spans_of((10, 20, [12, 19]), (20, 25, [24]), (0, 10, [0, 9]))
+    assert spans.empty(IN) == [(1, 9), (10, 12), (13, 19), (20, 24)]

@@ -20,6 +20,8 @@ from __future__ import annotations
 import aiokafka
 import faust
 
+from worker.faust import fetch
+
 PATCHED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14."}
 _applied = False
 
@@ -42,7 +44,7 @@ def apply() -> None:
     check_versions(faust.__version__, aiokafka.__version__)
     from faust.transport import consumer
 
-    from worker.faust import commits, fetch, recovery
+    from worker.faust import commits, recovery
 
     consumer.Consumer._new_offset = commits._new_offset  # type: ignore[method-assign]
     fetch.apply()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka.consumer.fetcher import FetchResult
@@ -50,9 +51,18 @@ class Spans:
         self._lock = threading.Lock()
         self._empty: dict[_Key, list[tuple[int, int]]] = {}
         self._first: dict[_Key, tuple[int, int]] = {}  # key -> (assignment id, offset)
+        # Only input topics: a compacted changelog read in recovery would
+        # otherwise leave a range per removed record, never committed.
+        self._topics: frozenset[str] | None = None
+
+    def track(self, topics: Iterable[str]) -> None:
+        """Records spans for these topics only (all topics until called)."""
+        self._topics = frozenset(topics)
 
     def record(self, tp: Any, assignment: object, start: int, end: int, offsets: list[int]) -> None:
         """A fetch moved ``tp`` from ``start`` to ``end`` and returned ``offsets``."""
+        if self._topics is not None and tp.topic not in self._topics:
+            return
         key = (tp.topic, tp.partition)
         holes: list[tuple[int, int]] = []
         if not offsets:
@@ -73,7 +83,15 @@ class Spans:
             elif start < first[1]:
                 self._first[key] = (first[0], start)
             if holes:
-                self._empty[key] = _merge(self._empty.get(key, []) + holes)
+                ranges = self._empty.setdefault(key, [])
+                if ranges and holes[0][0] < ranges[-1][1]:
+                    self._empty[key] = _merge(ranges + holes)  # fetched again from further back
+                else:
+                    for hole in holes:  # in offset order after what is known: append
+                        if ranges and hole[0] == ranges[-1][1]:
+                            ranges[-1] = (ranges[-1][0], hole[1])
+                        else:
+                            ranges.append(hole)
 
     def empty(self, tp: Any) -> list[tuple[int, int]]:
         with self._lock:
