@@ -9,6 +9,8 @@ proves it:
 - ``commits``: never commit past a record that was not acknowledged
   (faust-streaming#606), and commit over offsets that hold no record.
 - ``recovery``: seek before resume after table recovery (faust-streaming#596).
+- ``acks``: acknowledgements of events a stream skipped at a rebalance do not
+  count in the next generation.
 - ``tables``: the current event for table writes, and durable changelog writes.
 - ``repair``: last-resort hole replay and fetch watchdog, counted in metrics.
 
@@ -44,9 +46,10 @@ def apply() -> None:
     check_versions(faust.__version__, aiokafka.__version__)
     from faust.transport import consumer
 
-    from worker.faust import commits, recovery
+    from worker.faust import acks, commits, recovery
 
     consumer.Consumer._new_offset = commits._new_offset  # type: ignore[method-assign]
     fetch.apply()
     recovery.apply()
+    acks.apply()
     _applied = True
