@@ -293,8 +293,17 @@ def test_secrets_are_optional_kd_variables(example: list[Manifest]) -> None:
     env = worker_container(example)["env"]
     for variable in env:
         assert variable["name"].startswith("KD_"), variable
+        if "fieldRef" in variable["valueFrom"]:
+            continue
         ref = variable["valueFrom"]["secretKeyRef"]
         assert ref["optional"] is True, f"{variable['name']}: IRSA deployments have no Secret"
+
+
+def test_each_pod_is_a_static_group_member_named_after_itself(example: list[Manifest]) -> None:
+    """Kafka static membership: a restarted pod keeps its name, so its instance id."""
+    env = {v["name"]: v for v in worker_container(example)["env"]}
+    field = env["KD_RUNTIME__INSTANCE_ID"]["valueFrom"]["fieldRef"]
+    assert field["fieldPath"] == "metadata.name"
 
 
 def test_service_account_is_annotated_for_irsa(example: list[Manifest]) -> None:
