@@ -80,6 +80,29 @@ async def _transactions(bootstrap: str, transactions: list[list[tuple[str, str, 
         await producer.stop()
 
 
+async def _slow_transaction(
+    bootstrap: str, messages: list[tuple[str, str, bytes]], worker: WorkerProcess
+) -> None:
+    """Sends the messages in a transaction and commits it only once the worker
+    has handled them (read_uncommitted: it sees them before the commit)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"it-txn-{uuid.uuid4().hex[:8]}"
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            before = worker.metric("kd_events_total")
+            for topic, key, value in messages:
+                await producer.send_and_wait(topic, key=key.encode(), value=value)
+            deadline = time.monotonic() + 30
+            while worker.metric("kd_events_total") < before + len(messages):
+                assert time.monotonic() < deadline, "the worker did not handle the open transaction"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2)  # committed meanwhile: up to the marker's offset
+    finally:
+        await producer.stop()
+
+
 def test_a_transactional_producer_commits_to_the_end_offsets(stack: Stack, tmp_path: Path) -> None:
     deployment = Deployment(stack, f"it-txn-{uuid.uuid4().hex[:6]}", tmp_path, partitions=3)
     deployment.create()
@@ -132,8 +155,24 @@ def test_a_transactional_producer_commits_to_the_end_offsets(stack: Stack, tmp_p
         reader = deployment.readers[deployment.streams[0]]
         reader.poll()
         assert len(reader.records) == 2 * len(profiles), "no record repeated or unexpected"
+
+        # A live transaction: its records are fetched and handled before its
+        # commit marker exists, so the marker comes alone, with no ack after it.
+        late = [f"t-late-{i}" for i in range(3)]
+        run_sync(
+            _slow_transaction(
+                bootstrap,
+                [
+                    (q, x, qualification(x, SEG_A, "realized", "2021-01-03T00:00:00Z", ecid(x)))
+                    for x in late
+                ],
+                restarted,
+            )
+        )
+        wait_committed_to_the_end(deployment, restarted)
         assert restarted.metric("kd_hole_replays_total") == 0
         assert restarted.metric("kd_fetch_restarts_total") == 0
+        assert restarted.repairs() == []
         restarted.stop()
     finally:
         deployment.destroy()

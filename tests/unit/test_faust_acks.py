@@ -55,3 +55,24 @@ async def test_acks_are_forgotten_when_a_partition_is_assigned() -> None:
     await found.on_partitions_assigned({IN}, 8)
     assert found._acked.get(IN, []) == []
     assert not found._acked_index.get(IN)
+
+
+async def test_the_last_commit_before_a_revocation_starts_from_the_committed_offset() -> None:
+    """Faust drops a revoked partition's committed offset and acks before the
+    callbacks that wait for the streams and commit; the replacement keeps them
+    until those callbacks are done."""
+    found = consumer()
+    found._committed_offset[IN] = 10
+    found._acked[IN] = [10, 11]
+    found._acked_index[IN] = {10, 11}
+    seen: list[tuple[int | None, list[int]]] = []
+
+    async def callbacks(revoked: Any) -> None:
+        found.ack(message(12, 7))  # the last batch, acknowledged while waiting
+        seen.append((found._committed_offset.get(IN), list(found._acked[IN])))
+
+    found._on_partitions_revoked = callbacks
+    await found.on_partitions_revoked({IN})
+    assert seen == [(10, [10, 11, 12])]
+    assert IN not in found._acked
+    assert found._committed_offset.get(IN) is None

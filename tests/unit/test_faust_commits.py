@@ -28,6 +28,10 @@ class Offsets:
         self._gap: dict[TP, Any] = {}
 
 
+class Assignment:
+    """Stands for aiokafka's Assignment (weakly referenced)."""
+
+
 def test_faust_alone_commits_past_one_unacknowledged_offset() -> None:
     # committed = 10 is the next offset to read; 10 was never acknowledged.
     original: Any = commits.original_new_offset
@@ -98,6 +102,32 @@ def test_faust_uses_the_rule_and_forgets_what_it_committed() -> None:
     offsets._acked[IN] = [16]
     assert commits._new_offset(offsets, IN) is None  # 14 and 15 not acknowledged
     assert commits.skipped_offset(offsets, IN) == 14
+
+
+def test_a_marker_fetched_after_the_last_record_still_moves_the_commit() -> None:
+    """A live transactional producer: records 20-24 are fetched, handled and
+    committed before its commit marker (25) exists; no ack follows the marker."""
+    fixes.apply()
+    tp = TP("commits-marker", 0)
+    offsets = Offsets(committed=25, acked=[])
+    offsets._committed_offset = {tp: 25}
+    offsets._acked[tp] = []
+    fetch.SPANS.record(tp, None, 25, 26, [])
+    assert commits._new_offset(offsets, tp) == 26
+
+
+def test_a_committed_offset_the_log_no_longer_holds_starts_where_fetching_did() -> None:
+    """Retention deleted offsets 0-99 while nothing committed past 40: aiokafka
+    resets to 100; commits must not wait for offsets 40-99 forever."""
+    tp = TP("commits-retention", 0)
+    assignment = Assignment()
+    fetch.SPANS.record(tp, assignment, 100, 103, [100, 101, 102])
+    offsets = Offsets(committed=40, acked=[])
+    offsets._committed_offset = {tp: 40}
+    offsets._acked[tp] = [100, 101, 102]
+    assert commits.start_of(offsets, tp) == 100
+    assert commits.skipped_offset(offsets, tp) is None
+    assert commits._new_offset(offsets, tp) == 103
 
 
 def test_apply_patches_faust_once() -> None:

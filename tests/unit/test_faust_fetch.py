@@ -22,6 +22,10 @@ IN = TP("in", 0)
 CHANGELOG = TP("app-profiles-changelog", 0)
 
 
+class Assignment:
+    """Stands for aiokafka's Assignment (weakly referenced)."""
+
+
 def record(tp: TP, offset: int) -> Any:
     return ConsumerRecord(
         topic=tp.topic,
@@ -142,7 +146,7 @@ def test_a_fetch_of_markers_only_is_recorded_and_ranges_merge() -> None:
 
 
 def test_first_fetched_starts_again_with_each_assignment() -> None:
-    first, second = object(), object()
+    first, second = Assignment(), Assignment()
     spans = fetch.Spans()
     spans.record(IN, first, 40, 42, [40, 41])
     spans.record(IN, first, 20, 21, [20])  # a repair sought back

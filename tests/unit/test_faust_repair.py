@@ -40,8 +40,10 @@ class _Consumer:
         self.seeks: list[tuple[Any, Any]] = []
         self.resumed: set[TP] = set()
 
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, partitions: dict[Any, int]) -> None:
+        for tp, offset in partitions.items():
+            assert isinstance(tp, TopicPartition), "aiokafka's own type, in its thread"
+            self.seeks.append((TP(tp.topic, tp.partition), offset))
 
     def resume_partitions(self, tps: Any) -> None:
         self.resumed = set(tps)

@@ -13,6 +13,12 @@ and the acks of a partition are forgotten when it is assigned (whatever they
 were, the partition is read again from its committed offset). Events of an
 earlier generation are always delivered again, so nothing waits for them.
 
+Revocation: 0.15.3's ``Consumer.on_partitions_revoked`` forgets the revoked
+partitions' acks and committed offsets *before* the callbacks that wait for
+the streams to empty and commit; the last commit then has no committed offset
+to start from and the events handled since the previous commit are handled
+again by the next owner. Here they are forgotten after the callbacks.
+
 Proved by tests/unit/test_faust_acks.py.
 """
 
@@ -22,6 +28,10 @@ import contextlib
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
+from faust.utils.tracing import traced_from_parent_span
+from mode import Service
+
+transitions = Service.transitions_to(faust_consumer.CONSUMER_PARTITIONS_REVOKED)
 
 original_ack = faust_consumer.Consumer.ack
 original_on_partitions_assigned = faust_consumer.Consumer.on_partitions_assigned
@@ -49,6 +59,28 @@ async def on_partitions_assigned(self: Any, assigned: Any, generation_id: int = 
     await original_on_partitions_assigned(self, assigned, generation_id)
 
 
+async def on_partitions_revoked(self: Any, revoked: Any) -> None:
+    """Replaces ``faust.transport.consumer.Consumer.on_partitions_revoked`` (0.15.3):
+    the same steps, with the revoked partitions' bookkeeping dropped last."""
+    span = self.app._start_span_from_rebalancing("on_partitions_revoked")
+    trace = traced_from_parent_span(span)
+    with span:
+        if self._active_partitions is not None:
+            self._active_partitions.difference_update(revoked)
+        self._paused_partitions.difference_update(revoked)
+        try:
+            await trace(self._on_partitions_revoked, partitions=revoked)(revoked)
+        finally:
+            for tp in revoked:
+                self._gap.pop(tp, None)
+                self._acked.pop(tp, None)
+                self._acked_index.pop(tp, None)
+                self._read_offset.pop(tp, None)
+                self._committed_offset.pop(tp, None)
+
+
 def apply() -> None:
     faust_consumer.Consumer.ack = ack  # type: ignore[method-assign]
+    # Faust decorates it to record the consumer's state; so does the replacement.
+    faust_consumer.Consumer.on_partitions_revoked = transitions(on_partitions_revoked)  # type: ignore[method-assign]
     faust_consumer.Consumer.on_partitions_assigned = on_partitions_assigned  # type: ignore[method-assign]

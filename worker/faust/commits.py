@@ -82,11 +82,17 @@ def first_unacknowledged(
 
 def start_of(consumer: Any, tp: Any) -> int | None:
     """Where this partition's commits start: the committed offset, else the
-    first offset fetched since the partition was assigned."""
+    first offset fetched since the partition was assigned.
+
+    Fetching starts at the committed offset, unless the log no longer holds it
+    (retention): aiokafka then resets to the earliest offset, and the offsets
+    in between are gone, so commits start where fetching did.
+    """
     committed: int | None = consumer._committed_offset.get(tp)
-    if committed is not None:
-        return committed
-    return fetch.SPANS.first_fetched(tp)
+    first = fetch.SPANS.first_fetched(tp)
+    if committed is None:
+        return first
+    return first if first is not None and first > committed else committed
 
 
 def skipped_offset(consumer: Any, tp: Any) -> int | None:
@@ -100,9 +106,9 @@ def skipped_offset(consumer: Any, tp: Any) -> int | None:
 
 def _new_offset(self: Any, tp: Any) -> int | None:
     """Replaces ``faust.transport.consumer.Consumer._new_offset`` (0.15.3)."""
+    # Also without new acks: a transaction marker fetched after the last
+    # record of a partition still moves its commit to the end.
     acked = self._acked[tp]
-    if not acked:
-        return None
     acked[:] = sorted(set(acked))
     self._gap.pop(tp, None)  # superseded by fetch.SPANS
     start = start_of(self, tp)

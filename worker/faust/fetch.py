@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,7 +51,8 @@ class Spans:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._empty: dict[_Key, list[tuple[int, int]]] = {}
-        self._first: dict[_Key, tuple[int, int]] = {}  # key -> (assignment id, offset)
+        # key -> (aiokafka assignment, first offset fetched in it)
+        self._first: dict[_Key, tuple[weakref.ref[object] | None, int]] = {}
         # Only input topics: a compacted changelog read in recovery would
         # otherwise leave a range per removed record, never committed.
         self._topics: frozenset[str] | None = None
@@ -78,8 +80,8 @@ class Spans:
                 holes.append((offsets[-1] + 1, end))
         with self._lock:
             first = self._first.get(key)
-            if first is None or first[0] != id(assignment):
-                self._first[key] = (id(assignment), start)
+            if first is None or _deref(first[0]) is not assignment:
+                self._first[key] = (_ref(assignment), start)
             elif start < first[1]:
                 self._first[key] = (first[0], start)
             if holes:
@@ -112,6 +114,14 @@ class Spans:
                     self._empty[key] = kept
                 else:
                     del self._empty[key]
+
+
+def _ref(assignment: object) -> weakref.ref[object] | None:
+    return None if assignment is None else weakref.ref(assignment)
+
+
+def _deref(ref: weakref.ref[object] | None) -> object:
+    return None if ref is None else ref()
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

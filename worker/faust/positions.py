@@ -30,9 +30,15 @@ async def reposition(consumer: Any, tps: Iterable[Any]) -> dict[Any, int | None]
             await consumer._thread.seek_to_beginning(TopicPartition(tp.topic, tp.partition))
             consumer._read_offset[tp] = None
         else:
-            await consumer.seek(tp, target)
+            await seek(consumer, tp, target)
         targets[tp] = target
     return targets
+
+
+async def seek(consumer: Any, tp: Any, offset: int) -> None:
+    """Seeks in the consumer thread. Faust's ``Consumer.seek`` calls aiokafka
+    from the event loop's thread while the consumer thread may be fetching."""
+    await consumer.seek_wait({TopicPartition(tp.topic, tp.partition): offset})
 
 
 async def seek_to_committed(consumer: Any, tps: Iterable[Any]) -> None:

@@ -30,8 +30,7 @@ from typing import Any
 from mode import Service
 
 from worker import metrics
-from worker.faust import commits, fetch
-from worker.faust.positions import reposition
+from worker.faust import commits, fetch, positions
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class Repairs(Service):
                 extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
             )
             metrics.HOLE_REPLAYS.labels(topic=tp.topic).inc()
-            await consumer.seek(tp, offset)
+            await positions.seek(consumer, tp, offset)
         self._holes = seen
 
     async def watchdog(self, now: float) -> None:
@@ -122,12 +121,12 @@ class Repairs(Service):
         inputs = self._inputs()
         self._restarts += 1
         self.stuck = self._restarts > 1
-        positions = {}
+        at: dict[str, object] = {}
         for tp in inputs:
             try:
-                positions[f"{tp.topic}[{tp.partition}]"] = await consumer.position(tp)
+                at[f"{tp.topic}[{tp.partition}]"] = await consumer.position(tp)
             except Exception as exc:  # the state is what we want to see
-                positions[f"{tp.topic}[{tp.partition}]"] = repr(exc)
+                at[f"{tp.topic}[{tp.partition}]"] = repr(exc)
         log.warning(
             "no event for %.0fs with %d messages waiting: re-seeking %d input partitions%s; "
             "active %s, paused %s, positions %s, committed %s, first fetched %s",
@@ -137,7 +136,7 @@ class Repairs(Service):
             "; still stuck after that, /healthz now fails" if self.stuck else "",
             _names(consumer._active_partitions or ()),
             _names(consumer._paused_partitions or ()),
-            positions,
+            at,
             {f"{tp.topic}[{tp.partition}]": consumer._committed_offset.get(tp) for tp in inputs},
             {f"{tp.topic}[{tp.partition}]": fetch.SPANS.first_fetched(tp) for tp in inputs},
         )
@@ -145,7 +144,7 @@ class Repairs(Service):
         consumer.resume_partitions(inputs)
         self.app.flow_control.resume()
         consumer.resume_flow()
-        await reposition(consumer, inputs)
+        await positions.reposition(consumer, inputs)
         self._idle_since = now
 
 
