@@ -614,3 +614,20 @@ def test_secret_on_a_malformed_yaml_line_is_not_in_config_errors(tmp_path: Path)
 
 def test_settings_type_is_exported() -> None:
     assert Settings.model_config.get("extra") == "forbid"
+
+
+def test_static_membership_instance_id_from_the_environment(tmp_path: Path) -> None:
+    """The Kubernetes manifests set it to the pod name."""
+    assert load_settings(minimal(tmp_path), environ={}).runtime.instance_id is None
+    settings = load_settings(
+        minimal(tmp_path), environ={"KD_RUNTIME__INSTANCE_ID": "kinesis-destination-0"}
+    )
+    assert settings.runtime.instance_id == "kinesis-destination-0"
+
+
+@pytest.mark.parametrize("value", ["", "has space", "a/b", "x" * 250])
+def test_a_bad_instance_id_is_refused_naming_the_key(tmp_path: Path, value: str) -> None:
+    path = write_config(
+        tmp_path, {"destinations": [minimal_destination()], "runtime": {"instance_id": value}}
+    )
+    assert "runtime.instance_id" in load_error(path)
