@@ -95,6 +95,9 @@ class Faults:
     latency_s: float = 0.0
     # PutRecords calls forwarded, then answered by closing the connection.
     drop_share: float = 0.0
+    # Also every Nth such call (0: none): a test that must see a drop gets one,
+    # whatever the random draws (0.98 ** 134 calls is 7% without any).
+    drop_every: int = 0
     # time.monotonic() before which every call is refused (see outage_mode).
     outage_until: float = 0.0
     # "refuse": close the connection at once; "503": answer 503 ServiceUnavailable.
@@ -111,6 +114,7 @@ class Faults:
         """No faults any more (the outage mode is kept)."""
         self.throttle_share = self.internal_failure_share = 0.0
         self.error_5xx_share = self.latency_s = self.drop_share = 0.0
+        self.drop_every = 0
         self.outage_until = 0.0
 
 
@@ -163,6 +167,7 @@ class KinesisFaultProxy:
         self.faults = faults or Faults()
         self.counters = Counters()
         self.rng = random.Random(seed)
+        self._drop_turn = 0  # PutRecords calls that reached the drop decision
         # Called at the start of every request, before faults apply: a test can change
         # the faults there at an exact point (say, once N records were throttled).
         self.on_call: Callable[[KinesisFaultProxy], None] | None = None
@@ -274,7 +279,10 @@ class KinesisFaultProxy:
             )
         counters.records_throttled += sum(1 for c in plan.failures.values() if c == THROTTLED)
         counters.records_failed += sum(1 for c in plan.failures.values() if c != THROTTLED)
-        drop = faults.drop_share > 0 and self.rng.random() < faults.drop_share
+        self._drop_turn += 1
+        drop = (faults.drop_share > 0 and self.rng.random() < faults.drop_share) or (
+            faults.drop_every > 0 and self._drop_turn % faults.drop_every == 0
+        )
 
         forwarded = len(records_in) - len(plan.failures)
         if plan.failures and forwarded == 0:

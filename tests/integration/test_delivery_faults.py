@@ -118,6 +118,7 @@ async def test_no_loss_no_reorder_under_throttling_failures_drops_and_an_outage(
     faults.throttle_share = 0.30
     faults.internal_failure_share = 0.05
     faults.drop_share = 0.02
+    faults.drop_every = 40  # at least one drop: 20,000 records take 40 calls or more
     faults.outage_mode = "refuse" if outage_mode == "refuse" else "503"
 
     async def outage() -> None:

@@ -385,6 +385,21 @@ async def test_drop_forwards_then_disconnects(
     assert (await call(proxy.url, payload=put(make_records(2)))).status == 200
 
 
+async def test_drop_every_nth_call_whatever_the_random_draws(
+    proxy: KinesisFaultProxy, upstream: FakeUpstream
+) -> None:
+    assert proxy.url is not None
+    proxy.faults.drop_every = 3
+    statuses = []
+    for _ in range(6):
+        try:
+            statuses.append((await call(proxy.url, payload=put(make_records(1)))).status)
+        except aiohttp.ServerDisconnectedError:
+            statuses.append(0)
+    assert statuses == [200, 200, 0, 200, 200, 0]
+    assert proxy.counters.connections_dropped == 2
+
+
 @pytest.mark.parametrize("mode", ["refuse", "503"])
 async def test_outage_refuses_everything_until_it_ends(
     proxy: KinesisFaultProxy, upstream: FakeUpstream, mode: str
