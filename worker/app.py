@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import __version__, logs, metrics
 from worker import faust as faust_fixes
+from worker.batching import BatchRunner
+from worker.budget import MemoryBudget
 from worker.faust.repair import Repairs
 from worker.faust.tables import FaustTables
 from worker.kafka_client import broker_credentials, diagnose_connection, kafka_client_kwargs
 from worker.kinesis import AioBotoTransport, KinesisWriter, WriterConfig
 from worker.monitoring import StateSampler
-from worker.pipeline import BatchProcessor, Destination, InputMessage
+from worker.pipeline import BatchProcessor, Destination
 from worker.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -148,10 +150,14 @@ class WebServer(Service):
         port: int,
         writers: Sequence[KinesisWriter],
         repairs: Repairs | None = None,
+        stalled_s: Callable[[], float] = lambda: 0.0,
+        stall_timeout_s: float = float("inf"),
     ) -> None:
         super().__init__()
         self.app = app
         self.repairs = repairs
+        self.stalled_s = stalled_s
+        self.stall_timeout_s = stall_timeout_s
         self.host = host
         self.port = port
         self.writers = writers
@@ -174,6 +180,12 @@ class WebServer(Service):
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.repairs is not None and self.repairs.stuck:
             return web.json_response({"status": "stuck: lag waiting, no event fetched"}, status=503)
+        stalled = self.stalled_s()
+        if stalled > self.stall_timeout_s:
+            return web.json_response(
+                {"status": f"stuck: no batch completed for {stalled:.0f}s with events waiting"},
+                status=503,
+            )
         return web.json_response({"status": "alive"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
@@ -294,19 +306,18 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
             observer,
         )
         destinations.append(Destination(destination, writer))
+    memory = MemoryBudget(runtime.max_buffer_bytes)
     processor = BatchProcessor(
         settings,
         destinations,
         FaustTables(profiles, memberships),
         DeadLetterTopic(app, kafka.dlq_topic),
+        memory,
     )
-
     runner = BatchRunner(
-        processor,
-        runtime.batch_max_events,
-        runtime.batch_linger_ms / 1000,
-        runtime.max_buffer_bytes,
+        processor, runtime.batch_max_events, runtime.batch_linger_ms / 1000, memory
     )
+    metrics.BATCH_STALLED.set_function(runner.stalled_s)
     app.shutdown_timeout_s = runtime.shutdown_timeout_s
 
     @app.agent(inputs, concurrency=1, name="export")
@@ -319,7 +330,15 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     sampler = StateSampler(app, {"profiles": profiles, "memberships": memberships}, input_topics)
     repairs = Repairs(app, input_topics, runner.activity, sampler.lag_total)
     services: list[Service] = [
-        WebServer(app, runtime.web_host, runtime.web_port, writers, repairs),
+        WebServer(
+            app,
+            runtime.web_host,
+            runtime.web_port,
+            writers,
+            repairs,
+            runner.stalled_s,
+            runtime.stall_timeout_s,
+        ),
         sampler,
         repairs,
     ]
@@ -342,142 +361,6 @@ def _initial_metrics(settings: Settings) -> None:
     for topic in (kafka.qualifications_topic, kafka.profiles_topic):
         metrics.HOLE_REPLAYS.labels(topic=topic)
     metrics.READY.set(0)
-
-
-class EventBatches:
-    """Events from the stream, handed out in batches of at most ``max_events``.
-
-    Faust's own ``take_events`` is not used: in faust-streaming 0.15.3 it
-    acknowledges a whole batch when the loop body is cancelled (shutdown), and
-    in our kill/restart test some events between two of its batches never
-    reached the agent while their offsets were committed: records were lost.
-    With a manual-ack stream, an event is acknowledged only after its batch.
-
-    Back-pressure: the bytes of events taken and not yet done (queued or in
-    the batch being put) are bounded by ``max_bytes``; at the bound ``put``
-    waits, so the stream stops being read until a batch is done. The queue
-    also holds at most ``max_events`` events.
-    """
-
-    def __init__(self, max_events: int, linger_s: float, max_bytes: int) -> None:
-        self._max = max_events
-        self._linger = linger_s
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_events)
-        self._max_bytes = max_bytes
-        self.buffered_bytes = 0
-        self.buffered_events = 0
-        self.last_event_at = 0.0
-        self._room = asyncio.Condition()
-
-    @staticmethod
-    def size(event: Any) -> int:
-        message = event.message
-        return len(message.key or b"") + len(message.value or b"")
-
-    async def release(self, events: Sequence[Any]) -> None:
-        """The events are done (or abandoned): their bytes are free again."""
-        async with self._room:
-            self.buffered_bytes -= sum(self.size(e) for e in events)
-            self.buffered_events -= len(events)
-            self._room.notify_all()
-
-    async def put(self, event: Any) -> None:
-        size = self.size(event)
-        async with self._room:
-            # One event always fits, however large, so nothing can wedge.
-            await self._room.wait_for(
-                lambda: self.buffered_bytes == 0 or self.buffered_bytes + size <= self._max_bytes
-            )
-            self.buffered_bytes += size
-            self.buffered_events += 1
-            self.last_event_at = asyncio.get_running_loop().time()
-        metrics.BUFFERED_BYTES.set(self.buffered_bytes)
-        metrics.BUFFERED_EVENTS.set(self.buffered_events)
-        await self._queue.put(event)
-
-    async def next_batch(self) -> list[Any]:
-        batch = [await self._queue.get()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._linger
-        while len(batch) < self._max:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        return batch
-
-
-class BatchRunner:
-    """Feeds the agent's events to the processor in batches; acks after each batch."""
-
-    def __init__(
-        self, processor: BatchProcessor, max_events: int, linger_s: float, max_bytes: int
-    ) -> None:
-        self._processor = processor
-        self._batches = EventBatches(max_events, linger_s, max_bytes)
-        self._processing: asyncio.Future[None] | None = None
-
-    def activity(self) -> tuple[float, int]:
-        """When the last event was taken, and how many are taken and not done."""
-        return self._batches.last_event_at, self._batches.buffered_events
-
-    async def run(self, stream: Any) -> None:
-        manual = stream.noack()  # acks are ours
-        self._processing = asyncio.ensure_future(self._process(manual))
-        try:
-            async for event in manual.events():
-                await self._batches.put(event)
-                if self._processing.done():
-                    self._processing.result()  # a crash surfaces here and restarts the agent
-        finally:
-            self._processing.cancel()
-
-    async def _process(self, stream: Any) -> None:
-        while True:
-            events = await self._batches.next_batch()
-            messages = [
-                InputMessage(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value,
-                    e,
-                )
-                for e in events
-            ]
-            metrics.BATCH_EVENTS.observe(len(messages))
-            await _process_until_done(self._processor, messages)
-            for event in events:
-                await stream.ack(event)
-            await self._batches.release(events)
-            metrics.BUFFERED_BYTES.set(self._batches.buffered_bytes)
-            metrics.BUFFERED_EVENTS.set(self._batches.buffered_events)
-
-
-async def _process_until_done(processor: BatchProcessor, messages: list[InputMessage]) -> None:
-    """Processes one batch, retrying the whole batch on an unexpected failure.
-
-    Per-event problems are handled inside the processor (dead letters); what
-    reaches here is a bug or Kafka refusing the dead letters. The batch is
-    retried, never skipped: replays may duplicate records, never lose them.
-    """
-    attempt = 0
-    while True:
-        try:
-            with metrics.BATCH_SECONDS.time():
-                await processor.process(messages)
-            return
-        except Exception:
-            attempt += 1
-            log.exception("batch of %d events failed; retry %d", len(messages), attempt)
-            await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
 
 
 def run(settings: Settings) -> int:

@@ -33,6 +33,9 @@ DEAD_LETTER_REASONS = (
     "invalid_field",
     "invalid_status",
     "invalid_time",
+    # events whose result cannot be stored or sent
+    "unencodable",
+    "state_too_large",
     "internal_error",
     # records Kinesis can never accept (worker.kinesis)
     "record_too_large",
@@ -82,7 +85,19 @@ BUFFERED_EVENTS = Gauge(
     "kd_buffered_events", "Input events taken from Kafka and not yet done (queued or being put)"
 )
 BUFFERED_BYTES = Gauge(
-    "kd_buffered_bytes", "Input bytes taken from Kafka and not yet done (queued or being put)"
+    "kd_buffered_bytes",
+    "Bytes held against runtime.max_buffer_bytes: input events taken from Kafka and not yet "
+    "done, records built and not yet accepted, dead letters not yet written",
+)
+BATCH_FAILURES = Counter(
+    "kd_batch_failures_total",
+    "Batch attempts that failed (Kafka refused a write, or a bug); each is retried, or split "
+    "until the event that causes it is dead-lettered",
+)
+BATCH_STALLED = Gauge(
+    "kd_batch_stalled_seconds",
+    "Seconds events have waited with no batch completed (0 when no event waits); "
+    "/healthz fails past runtime.stall_timeout_s",
 )
 
 # -- delivery ----------------------------------------------------------------------

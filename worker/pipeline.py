@@ -14,17 +14,17 @@ small protocols, so the whole flow runs in unit tests with fakes.
 
 from __future__ import annotations
 
-import base64
 import logging
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
 
-from worker import metrics
+from worker import deadletters, metrics
+from worker.budget import MemoryBudget
+from worker.deadletters import DeadLetter
 from worker.events import BadEvent, ProfileUpdate, Qualification, parse_profile_update
 from worker.events import parse_qualification as parse_qualification_event
 from worker.export import RecordFormat, encode
@@ -76,6 +76,11 @@ class DeadLetterSink(Protocol):
     async def send(self, key: bytes | None, value: bytes) -> None: ...
 
 
+# What one profile's stored state may weigh (key + JSON value): a changelog
+# message over Kafka's limit is refused, and the batch could only be retried.
+MAX_STATE_BYTES = 1_000_000
+
+
 @dataclass(slots=True)
 class _Profile:
     """A profile's state as the batch sees it (table value or overlay)."""
@@ -88,6 +93,29 @@ class _Profile:
     memberships_dirty: bool = False
     deleted: bool = False
 
+    def snapshot(self) -> tuple[Any, ...]:
+        # Shallow is enough: handling replaces these values, never mutates them.
+        return (
+            self.attributes,
+            self.identity_map,
+            self.memberships,
+            self.scope,
+            self.profile_dirty,
+            self.memberships_dirty,
+            self.deleted,
+        )
+
+    def restore(self, snapshot: tuple[Any, ...]) -> None:
+        (
+            self.attributes,
+            self.identity_map,
+            self.memberships,
+            self.scope,
+            self.profile_dirty,
+            self.memberships_dirty,
+            self.deleted,
+        ) = snapshot
+
 
 @dataclass(slots=True)
 class _Export:
@@ -97,8 +125,16 @@ class _Export:
     status: str
 
 
-# A dead letter: Kafka key, JSON value, reason (the metric's label).
-_Letter = tuple[bytes | None, bytes, str]
+@dataclass(slots=True)
+class _Batch:
+    """What a batch holds while it is processed."""
+
+    overlay: dict[str, _Profile] = field(default_factory=dict)
+    exports: list[_Export] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    held: int = 0  # bytes of exports and letters taken from the memory budget
+    # The profile the current event touched, and its state before the event.
+    touched: tuple[str, _Profile, tuple[Any, ...]] | None = None
 
 
 @dataclass(slots=True)
@@ -126,99 +162,167 @@ class BatchProcessor:
         destinations: Sequence[Destination],
         tables: StateTables,
         dead_letters: DeadLetterSink,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self._destinations = list(destinations)
         self._tables = tables
         self._dead_letters = dead_letters
+        self._memory = memory or MemoryBudget(settings.runtime.max_buffer_bytes)
         self._mapped = settings.mapped_segments()
         self._profiles_topic = settings.kafka.profiles_topic
 
     async def process(self, messages: Sequence[InputMessage]) -> BatchReport:
         report = BatchReport(events=len(messages))
-        overlay: dict[str, _Profile] = {}
-        exports: list[_Export] = []
-        letters: list[_Letter] = []
+        batch = _Batch()
         handled: list[tuple[str, str]] = []
-        for message in messages:
-            try:
-                outcome = self._handle(message, overlay, exports)
-            except BadEvent as exc:
-                outcome = "dead_lettered"
-                letters.append(_dead_letter(message, exc.reason, exc.detail, message.value))
-            except Exception as exc:  # never let one event stop the worker
-                # The traceback without the exception's message, which may quote values.
-                log.error(
-                    "unexpected %s on %s[%d]; event dead-lettered",
-                    type(exc).__name__,
-                    message.topic,
-                    message.partition,
-                    extra={
-                        "topic": message.topic,
-                        "partition": message.partition,
-                        "offset": message.offset,
-                        "traceback": "".join(traceback.format_tb(exc.__traceback__)),
-                    },
-                )
-                outcome = "dead_lettered"
-                letters.append(_dead_letter(message, "internal_error", repr(exc), message.value))
-            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
-            handled.append((message.topic, outcome))
-
-        letters.extend(await self._deliver(exports, report))
-        for key, value, reason in letters:
-            await self._dead_letters.send(key, value)
-            metrics.DEAD_LETTERS.labels(reason=reason).inc()
-        report.dead_letters = len(letters)
-        self._write_state(overlay)
+        try:
+            for message in messages:
+                outcome = self._apply(message, batch)
+                report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+                handled.append((message.topic, outcome))
+                if self._memory.over:
+                    # Hold no more than the budget: deliver what is built so far.
+                    await self._flush(batch, report)
+            await self._flush(batch, report)
+        finally:
+            await self._memory.release(batch.held)
+        self._write_state(batch.overlay)
         await self._tables.flush()
         # Counted once the batch is done: a counted event is fully handled.
         for topic, outcome in handled:
             metrics.EVENTS.labels(topic=topic, outcome=outcome).inc()
         return report
 
+    async def dead_letter(self, message: InputMessage, reason: str, detail: str) -> None:
+        """Dead-letters ``message`` alone (a poison event isolated by the caller)."""
+        letter = _dead_letter(message, reason, detail, message.value)
+        await self._dead_letters.send(letter.key, letter.value)
+        metrics.DEAD_LETTERS.labels(reason=reason).inc()
+        metrics.EVENTS.labels(topic=message.topic, outcome="dead_lettered").inc()
+
+    def _apply(self, message: InputMessage, batch: _Batch) -> str:
+        """Handles one event: applied whole, or dead-lettered with no effect at all."""
+        exports_before = len(batch.exports)
+        batch.touched = None
+        try:
+            outcome = self._handle(message, batch)
+            self._check_state(batch)
+        except BadEvent as exc:
+            reason, detail = exc.reason, exc.detail
+        except (orjson.JSONEncodeError, RecursionError) as exc:
+            # Nested too deep to encode (orjson stops at 255 levels), or to merge.
+            reason, detail = "unencodable", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # never let one event stop the worker
+            # The traceback without the exception's message, which may quote values.
+            log.error(
+                "unexpected %s on %s[%d]; event dead-lettered",
+                type(exc).__name__,
+                message.topic,
+                message.partition,
+                extra={
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                    "traceback": "".join(traceback.format_tb(exc.__traceback__)),
+                },
+            )
+            reason, detail = "internal_error", f"{type(exc).__name__}: {exc}"
+        else:
+            built = sum(len(export.record.data) for export in batch.exports[exports_before:])
+            batch.held += built
+            self._memory.take(built)
+            return outcome
+        # Undo whatever the event did: its state change and its exports.
+        if batch.touched is not None:
+            _, profile, before = batch.touched
+            profile.restore(before)
+        del batch.exports[exports_before:]
+        self._hold(batch, _dead_letter(message, reason, detail, message.value))
+        return "dead_lettered"
+
+    def _hold(self, batch: _Batch, letter: DeadLetter) -> None:
+        batch.letters.append(letter)
+        batch.held += letter.size
+        self._memory.take(letter.size)
+
+    def _check_state(self, batch: _Batch) -> None:
+        """The state an event leaves must be storable: JSON, within the changelog's limit."""
+        if batch.touched is None:
+            return
+        profile_id, profile, before = batch.touched
+        if profile.deleted:
+            return
+        size = len(profile_id.encode())
+        if profile.attributes is not before[0] or profile.identity_map is not before[1]:
+            stored = orjson.dumps(
+                {"attributes": profile.attributes, "identityMap": profile.identity_map}
+            )
+            if size + len(stored) > MAX_STATE_BYTES:
+                raise BadEvent(
+                    "state_too_large",
+                    f"the profile would weigh {size + len(stored)} bytes stored, "
+                    f"over the {MAX_STATE_BYTES} a changelog message may hold",
+                )
+        if profile.memberships is not before[2]:
+            stored = orjson.dumps(memberships_to_json(profile.memberships))
+            if size + len(stored) > MAX_STATE_BYTES:
+                raise BadEvent(
+                    "state_too_large",
+                    f"the memberships would weigh {size + len(stored)} bytes stored, "
+                    f"over the {MAX_STATE_BYTES} a changelog message may hold",
+                )
+
+    async def _flush(self, batch: _Batch, report: BatchReport) -> None:
+        """Delivers the exports built so far, then sends the dead letters."""
+        exports, batch.exports = batch.exports, []
+        for letter in await self._deliver(exports, report):
+            self._hold(batch, letter)
+        delivered = sum(len(export.record.data) for export in exports)
+        letters, batch.letters = batch.letters, []
+        for letter in letters:
+            await self._dead_letters.send(letter.key, letter.value)
+            metrics.DEAD_LETTERS.labels(reason=letter.reason).inc()
+        report.dead_letters += len(letters)
+        freed = delivered + sum(letter.size for letter in letters)
+        batch.held -= freed
+        await self._memory.release(freed)
+
     # -- per event -----------------------------------------------------------------
 
-    def _profile(
-        self, profile_id: str, message: InputMessage, overlay: dict[str, _Profile]
-    ) -> _Profile:
-        found = overlay.get(profile_id)
-        if found is not None:
-            found.scope = message.scope  # the latest event of this key writes it
-            return found
-        stored = self._tables.get_profile(profile_id, message.scope) or {}
-        memberships = self._tables.get_memberships(profile_id, message.scope)
-        found = _Profile(
-            attributes=stored.get("attributes") or {},
-            identity_map=stored.get("identityMap"),
-            memberships=memberships_from_json(memberships) if memberships else {},
-            scope=message.scope,
-        )
-        overlay[profile_id] = found
+    def _profile(self, profile_id: str, message: InputMessage, batch: _Batch) -> _Profile:
+        found = batch.overlay.get(profile_id)
+        if found is None:
+            stored = self._tables.get_profile(profile_id, message.scope) or {}
+            memberships = self._tables.get_memberships(profile_id, message.scope)
+            found = _Profile(
+                attributes=stored.get("attributes") or {},
+                identity_map=stored.get("identityMap"),
+                memberships=memberships_from_json(memberships) if memberships else {},
+                scope=message.scope,
+            )
+            batch.overlay[profile_id] = found
+        batch.touched = (profile_id, found, found.snapshot())
+        found.scope = message.scope  # the latest event of this key writes it
         return found
 
-    def _handle(
-        self, message: InputMessage, overlay: dict[str, _Profile], exports: list[_Export]
-    ) -> str:
+    def _handle(self, message: InputMessage, batch: _Batch) -> str:
         if message.topic == self._profiles_topic:
             update = parse_profile_update(message.key, message.value)
             if update is None:
-                return self._delete(message, overlay, exports)
-            return self._update(update, message, overlay, exports)
-        return self._qualify(
-            parse_qualification_event(message.key, message.value), message, overlay, exports
-        )
+                return self._delete(message, batch)
+            return self._update(update, message, batch)
+        return self._qualify(parse_qualification_event(message.key, message.value), message, batch)
 
     def _qualify(
         self,
         event: Qualification,
         message: InputMessage,
-        overlay: dict[str, _Profile],
-        exports: list[_Export],
+        batch: _Batch,
     ) -> str:
         mapped = event.segment_id in self._mapped
         if not mapped:
             return MembershipOutcome.UNMAPPED.value
-        profile = self._profile(event.profile_id, message, overlay)
+        profile = self._profile(event.profile_id, message, batch)
         transition = apply_qualification(
             profile.memberships,
             event.segment_id,
@@ -245,7 +349,7 @@ class BatchProcessor:
                     profile.memberships,
                     {event.segment_id: status},
                     message,
-                    exports,
+                    batch.exports,
                     status,
                 )
         return transition.outcome.value
@@ -254,10 +358,9 @@ class BatchProcessor:
         self,
         update: ProfileUpdate,
         message: InputMessage,
-        overlay: dict[str, _Profile],
-        exports: list[_Export],
+        batch: _Batch,
     ) -> str:
-        profile = self._profile(update.profile_id, message, overlay)
+        profile = self._profile(update.profile_id, message, batch)
         before = profile.attributes
         after = deep_merge(before, update.attributes) if update.attributes else before
         identities_changed = (
@@ -284,17 +387,15 @@ class BatchProcessor:
                 profile.memberships,
                 {},
                 message,
-                exports,
+                batch.exports,
                 "updated",
             )
         return "exported" if exported else "no_export"
 
-    def _delete(
-        self, message: InputMessage, overlay: dict[str, _Profile], exports: list[_Export]
-    ) -> str:
+    def _delete(self, message: InputMessage, batch: _Batch) -> str:
         assert message.key is not None  # parse_profile_update checked it
         profile_id = message.key.decode()
-        profile = self._profile(profile_id, message, overlay)
+        profile = self._profile(profile_id, message, batch)
         exited = {sid: "exited" for sid, state in profile.memberships.items() if state.member}
         exported = False
         for index, destination in enumerate(self._destinations):
@@ -308,7 +409,7 @@ class BatchProcessor:
                     profile.memberships,
                     changed,
                     message,
-                    exports,
+                    batch.exports,
                     "exited",
                 )
         profile.attributes, profile.identity_map, profile.memberships = {}, None, {}
@@ -337,10 +438,17 @@ class BatchProcessor:
 
     # -- after the batch ------------------------------------------------------------
 
-    async def _deliver(self, exports: list[_Export], report: BatchReport) -> list[_Letter]:
-        letters: list[_Letter] = []
+    async def _deliver(self, exports: list[_Export], report: BatchReport) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
         for index, destination in enumerate(self._destinations):
-            mine = [export for export in exports if export.destination == index]
+            mine = []
+            for export in exports:
+                if export.destination != index:
+                    continue
+                if self._memory.fits(len(export.record.data)):
+                    mine.append(export)
+                else:
+                    letters.append(_too_large_for_memory(export, destination, self._memory.limit))
             if not mine:
                 continue
             outcomes = await destination.writer.put_all([export.record for export in mine])
@@ -370,54 +478,18 @@ class BatchProcessor:
                 )
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-# Dead letters must fit in a Kafka message (1 MB by default) whatever they
-# carry: a payload over this is cut, and the source offset points to the whole.
-MAX_DEAD_LETTER_PAYLOAD = 256 * 1024
-
-
-def _payload(value: bytes | None) -> dict[str, Any]:
-    if value is None:
-        return {"value": None}
-    extra: dict[str, Any] = {}
-    if len(value) > MAX_DEAD_LETTER_PAYLOAD:
-        extra = {"truncated": True, "size": len(value)}
-        value = value[:MAX_DEAD_LETTER_PAYLOAD]
-    try:
-        return {"value": value.decode("utf-8"), **extra}
-    except UnicodeDecodeError:
-        if extra:  # cut inside a UTF-8 sequence: keep the whole characters
-            return {"value": value.decode("utf-8", errors="ignore"), **extra}
-        return {"valueBase64": base64.b64encode(value).decode()}
-
-
 def _dead_letter(
     message: InputMessage,
     reason: str,
     detail: str | None,
     payload: bytes | None,
     **context: Any,
-) -> _Letter:
-    """A dead letter: why, the source offset, what could not go, and ``context``."""
-    body: dict[str, Any] = {
-        "reason": reason,
-        "detail": detail,
-        **context,
-        "source": {
-            "topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-        },
-        "failedAt": _now(),
-    }
-    body.update(_payload(payload))
-    return message.key, orjson.dumps(body), reason
+) -> DeadLetter:
+    source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+    return deadletters.build(message.key, reason, detail, payload, source, **context)
 
 
-def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> _Letter:
+def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> DeadLetter:
     return _dead_letter(
         export.message,
         outcome.reason or "rejected_by_kinesis",
@@ -427,3 +499,8 @@ def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> _L
         stream=destination.settings.stream,
         partitionKey=export.record.partition_key,
     )
+
+
+def _too_large_for_memory(export: _Export, destination: Destination, limit: int) -> DeadLetter:
+    detail = f"{len(export.record.data)} bytes, over the worker's memory budget of {limit}"
+    return _rejected(export, destination, Outcome(False, "record_too_large", detail))

@@ -42,23 +42,38 @@ class FaustTables:
     def __init__(self, profiles: Any, memberships: Any) -> None:
         self.profiles = profiles
         self.memberships = memberships
-        self._pending: list[Any] = []
+        self._pending: list[tuple[Any, Callable[[], Any]]] = []
         for table in (profiles, memberships):
             table.send_changelog = self._tracking(table.send_changelog)
 
     def _tracking(self, send_changelog: Callable[..., Any]) -> Callable[..., Any]:
         def send(*args: Any, **kwargs: Any) -> Any:
             future = send_changelog(*args, **kwargs)
-            self._pending.append(future)
+            self._pending.append((future, lambda: send_changelog(*args, **kwargs)))
             return future
 
         return send
 
     async def flush(self) -> None:
-        """Waits until Kafka acknowledged every changelog write made so far."""
+        """Waits until Kafka acknowledged every changelog write made so far.
+
+        A write Kafka refused is sent again at once and the error raised: the
+        batch is retried, and its retry finds the tables already holding the
+        new values (so it writes nothing itself) and waits for these.
+        """
         pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        if not pending:
+            return
+        results = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
+        failed = [
+            (again, result)
+            for (_, again), result in zip(pending, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        for again, _ in failed:
+            self._pending.append((again(), again))
+        if failed:
+            raise failed[0][1]
 
     def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
         with event_scope(scope):

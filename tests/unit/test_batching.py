@@ -1,0 +1,171 @@
+"""Batches: a poison event is isolated and dead-lettered, outages are retried,
+memory is shared, a stall shows (worker/batching.py, worker/budget.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+)
+
+from worker.batching import BatchRunner, EventBatches, is_outage
+from worker.budget import MemoryBudget
+from worker.pipeline import InputMessage
+
+
+def message(offset: int) -> InputMessage:
+    return InputMessage("segment-qualifications", 0, offset, b"p", b"{}")
+
+
+class Poisoned(Exception):
+    pass
+
+
+class FakeProcessor:
+    """Fails any batch holding a poison offset; fails the first ``outages`` calls."""
+
+    def __init__(
+        self, poison: set[int] = frozenset(), outages: int = 0, outage: Exception | None = None
+    ) -> None:  # type: ignore[assignment]
+        self.poison = set(poison)
+        self.outages = outages
+        self.outage = outage or KafkaConnectionError()
+        self.calls: list[list[int]] = []
+        self.applied: list[int] = []
+        self.dead: list[tuple[int, str, str]] = []
+
+    async def process(self, messages: Sequence[InputMessage]) -> None:
+        offsets = [m.offset for m in messages]
+        self.calls.append(offsets)
+        if self.outages:
+            self.outages -= 1
+            raise self.outage
+        if self.poison & set(offsets):
+            raise Poisoned("bad")
+        self.applied += offsets
+
+    async def dead_letter(self, message: InputMessage, reason: str, detail: str) -> None:
+        self.dead.append((message.offset, reason, detail))
+
+
+def runner(processor: FakeProcessor) -> BatchRunner:
+    return BatchRunner(processor, 100, 0.01, MemoryBudget(1 << 20), backoff_max_s=0.0)
+
+
+async def test_a_poison_event_is_isolated_and_the_rest_applied_in_order() -> None:
+    processor = FakeProcessor(poison={13, 40})
+    await runner(processor).process_until_done([message(i) for i in range(64)])
+    assert processor.applied == [i for i in range(64) if i not in (13, 40)]
+    assert [(o, r) for o, r, _ in processor.dead] == [
+        (13, "internal_error"),
+        (40, "internal_error"),
+    ]
+    assert "Poisoned" in processor.dead[0][2]
+    # Halving: a few dozen attempts, not one per event.
+    assert len(processor.calls) < 30
+
+
+async def test_a_poison_event_alone_is_dead_lettered() -> None:
+    processor = FakeProcessor(poison={7})
+    await runner(processor).process_until_done([message(7)])
+    assert processor.applied == []
+    assert [o for o, _, _ in processor.dead] == [7]
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        KafkaConnectionError(),
+        KafkaTimeoutError(),
+        TopicAuthorizationFailedError(),
+        TimeoutError(),
+        ConnectionResetError(),
+    ],
+    ids=type,
+)
+async def test_outages_are_retried_whole_and_never_dead_lettered(outage: Exception) -> None:
+    processor = FakeProcessor(outages=5, outage=outage)
+    batch = [message(i) for i in range(10)]
+    await runner(processor).process_until_done(batch)
+    assert processor.calls == [list(range(10))] * 6
+    assert processor.applied == list(range(10))
+    assert processor.dead == []
+
+
+def test_what_counts_as_an_outage() -> None:
+    assert is_outage(KafkaConnectionError())
+    assert is_outage(MessageSizeTooLargeError())  # Kafka's refusal: never an event's fault
+    assert is_outage(TimeoutError())
+    assert not is_outage(ValueError())
+    assert not is_outage(RecursionError())
+    assert not is_outage(KeyError("x"))
+
+
+async def test_a_dead_letter_that_cannot_be_written_is_retried() -> None:
+    processor = FakeProcessor(poison={1})
+    failures = [KafkaConnectionError(), KafkaConnectionError()]
+    dead_letter = processor.dead_letter
+
+    async def flaky(message: InputMessage, reason: str, detail: str) -> None:
+        if failures:
+            raise failures.pop()
+        await dead_letter(message, reason, detail)
+
+    processor.dead_letter = flaky  # type: ignore[method-assign]
+    await runner(processor).process_until_done([message(1)])
+    assert [o for o, _, _ in processor.dead] == [1]
+
+
+class Event:
+    def __init__(self, offset: int, size: int) -> None:
+        self.message = InputMessage("t", 0, offset, None, b"x" * size)
+
+
+async def test_input_waits_for_room_in_the_shared_budget() -> None:
+    memory = MemoryBudget(100)
+    batches = EventBatches(10, 0.01, memory)
+    await batches.put(Event(0, 60))
+    memory.take(30)  # records built by the batch in progress
+    blocked = asyncio.ensure_future(batches.put(Event(1, 20)))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    await memory.release(30)
+    await asyncio.wait_for(blocked, 1)
+    assert memory.used == 80
+
+
+async def test_one_event_larger_than_the_budget_still_fits_alone() -> None:
+    memory = MemoryBudget(100)
+    batches = EventBatches(10, 0.01, memory)
+    await asyncio.wait_for(batches.put(Event(0, 500)), 1)
+    assert memory.used == 500 and memory.over
+
+
+async def test_a_stall_is_measured_only_while_events_wait() -> None:
+    processor = FakeProcessor(outages=10**9)
+    run = BatchRunner(processor, 10, 0.001, MemoryBudget(1 << 20), backoff_max_s=0.01)
+    assert run.stalled_s() == 0.0
+
+    class Stream:
+        def noack(self) -> Stream:
+            return self
+
+        async def events(self):  # type: ignore[no-untyped-def]
+            yield Event(0, 10)
+            await asyncio.sleep(3600)
+
+        async def ack(self, event: object) -> None:
+            pass
+
+    task = asyncio.ensure_future(run.run(Stream()))
+    await asyncio.sleep(0.3)
+    assert run.stalled_s() >= 0.25
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

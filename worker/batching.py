@@ -1,0 +1,228 @@
+"""Events from the agent's stream, processed a batch at a time, acknowledged after.
+
+An event is acknowledged (its offset becomes committable) only once its batch
+is done. A batch that fails is never skipped: a failure of Kafka or the network
+(``is_outage``) is retried with the whole batch; any other failure splits
+the batch until the event that causes it is alone, and that event is
+dead-lettered, so one poison event cannot hold its partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiokafka.errors import KafkaError
+
+from worker import metrics
+from worker.budget import MemoryBudget
+from worker.pipeline import InputMessage
+
+log = logging.getLogger(__name__)
+
+
+class Processor(Protocol):
+    async def process(self, messages: Sequence[InputMessage]) -> Any: ...
+
+    async def dead_letter(self, message: InputMessage, reason: str, detail: str) -> None: ...
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failure is Kafka's or the network's rather than the events': the
+    one place that decides. Such a batch is retried as it is until it goes
+    through, and none of its events is dead-lettered.
+
+    Every Kafka error counts, retriable or not: a refused write (authorization,
+    a topic deleted) is an outage to fix, never the fault of one event, and the
+    dead letters that could be too large for Kafka are bounded by construction
+    (worker.deadletters). Kinesis errors never reach here: the writer retries
+    them itself.
+    """
+    return isinstance(exc, (KafkaError, TimeoutError, ConnectionError))
+
+
+class EventBatches:
+    """Events from the stream, handed out in batches of at most ``max_events``.
+
+    Faust's own ``take_events`` is not used: in faust-streaming 0.15.3 it
+    acknowledges a whole batch when the loop body is cancelled (shutdown), and
+    in our kill/restart test some events between two of its batches never
+    reached the agent while their offsets were committed: records were lost.
+    With a manual-ack stream, an event is acknowledged only after its batch.
+
+    Back-pressure: the bytes of events taken and not yet done (queued or in
+    the batch being put) count against the memory budget; when it is full,
+    ``put`` waits, so the stream stops being read until a batch is done. The
+    queue also holds at most ``max_events`` events.
+    """
+
+    def __init__(self, max_events: int, linger_s: float, memory: MemoryBudget) -> None:
+        self._max = max_events
+        self._linger = linger_s
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_events)
+        self._memory = memory
+        self.buffered_events = 0
+        self.last_event_at = 0.0
+        self.idle_since = 0.0  # when the buffer last went from empty to not empty
+
+    @staticmethod
+    def size(event: Any) -> int:
+        message = event.message
+        return len(message.key or b"") + len(message.value or b"")
+
+    async def release(self, events: Sequence[Any]) -> None:
+        """The events are done (or abandoned): their bytes are free again."""
+        self.buffered_events -= len(events)
+        await self._memory.release(sum(self.size(e) for e in events))
+        metrics.BUFFERED_EVENTS.set(self.buffered_events)
+
+    async def put(self, event: Any) -> None:
+        await self._memory.reserve(self.size(event))
+        now = asyncio.get_running_loop().time()
+        if self.buffered_events == 0:
+            self.idle_since = now
+        self.buffered_events += 1
+        self.last_event_at = now
+        metrics.BUFFERED_EVENTS.set(self.buffered_events)
+        await self._queue.put(event)
+
+    async def next_batch(self) -> list[Any]:
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger
+        while len(batch) < self._max:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+
+class BatchRunner:
+    """Feeds the agent's events to the processor in batches; acks after each batch."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        max_events: int,
+        linger_s: float,
+        memory: MemoryBudget,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self._processor = processor
+        self._batches = EventBatches(max_events, linger_s, memory)
+        self._processing: asyncio.Future[None] | None = None
+        self._backoff_max_s = backoff_max_s
+        self._last_done = 0.0
+
+    def activity(self) -> tuple[float, int]:
+        """When the last event was taken, and how many are taken and not done."""
+        return self._batches.last_event_at, self._batches.buffered_events
+
+    def stalled_s(self) -> float:
+        """How long events have waited with no batch completed (0 when none wait)."""
+        if self._batches.buffered_events == 0:
+            return 0.0
+        since = max(self._last_done, self._batches.idle_since)
+        return time.monotonic() - since  # the clock of asyncio's loop.time()
+
+    async def run(self, stream: Any) -> None:
+        manual = stream.noack()  # acks are ours
+        self._last_done = asyncio.get_running_loop().time()
+        self._processing = asyncio.ensure_future(self._process(manual))
+        try:
+            async for event in manual.events():
+                await self._batches.put(event)
+                if self._processing.done():
+                    self._processing.result()  # a crash surfaces here and restarts the agent
+        finally:
+            self._processing.cancel()
+
+    async def _process(self, stream: Any) -> None:
+        while True:
+            events = await self._batches.next_batch()
+            messages = [
+                InputMessage(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    e,
+                )
+                for e in events
+            ]
+            metrics.BATCH_EVENTS.observe(len(messages))
+            with metrics.BATCH_SECONDS.time():
+                await self.process_until_done(messages)
+            self._last_done = asyncio.get_running_loop().time()
+            for event in events:
+                await stream.ack(event)
+            await self._batches.release(events)
+
+    async def process_until_done(self, messages: Sequence[InputMessage]) -> None:
+        """Processes ``messages``; returns when each is applied or dead-lettered.
+
+        Per-event problems are handled inside the processor (dead letters);
+        what reaches here is Kafka refusing a write, or a bug.
+        """
+        attempt = 0
+        while True:
+            try:
+                await self._processor.process(messages)
+                return
+            except Exception as exc:
+                metrics.BATCH_FAILURES.inc()
+                failure = exc
+            if not is_outage(failure):
+                if len(messages) > 1:
+                    # Isolate the cause: each half in turn, in order.
+                    middle = len(messages) // 2
+                    log.warning(
+                        "batch of %d events failed (%s); splitting it",
+                        len(messages),
+                        type(failure).__name__,
+                    )
+                    await self.process_until_done(messages[:middle])
+                    await self.process_until_done(messages[middle:])
+                    return
+                if await self._dead_letter(messages[0], failure):
+                    return
+            attempt += 1
+            log.warning(
+                "batch of %d events failed (%s: %s); retry %d",
+                len(messages),
+                type(failure).__name__,
+                failure,
+                attempt,
+            )
+            await asyncio.sleep(min(self._backoff_max_s, 0.5 * 2 ** min(attempt, 6)))
+
+    async def _dead_letter(self, message: InputMessage, failure: Exception) -> bool:
+        """Dead-letters the poison event; False when that failed too (retry)."""
+        # The traceback without the exception's message, which may quote values.
+        log.error(
+            "event %s[%d]@%d fails its batch (%s); dead-lettered",
+            message.topic,
+            message.partition,
+            message.offset,
+            type(failure).__name__,
+            extra={"traceback": "".join(traceback.format_tb(failure.__traceback__))},
+        )
+        detail = f"{type(failure).__name__} while processing the event: {failure}"
+        try:
+            await self._processor.dead_letter(message, "internal_error", detail)
+        except Exception as exc:
+            log.warning("dead letter not written (%s: %s)", type(exc).__name__, exc)
+            return False
+        return True
