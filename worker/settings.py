@@ -14,6 +14,7 @@ validated by pydantic. docs/configuration.md lists every key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -34,11 +35,94 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 ENV_PREFIX = "KD_"
-_XDM_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
+# Patterns are applied with fullmatch: with match, "$" also matches before a
+# final newline, so "a.b\n" would pass. Digits are [0-9]: \d takes any
+# Unicode digit.
+_XDM_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*")
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+_IAM_ROLE_ARN = re.compile(r"arn:aws[a-z\-]*:iam::[0-9]{12}:role/.+")
+# Kafka's own rule for topic names ("." and ".." are refused apart).
+_KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._\-]{1,249}")
+# A DNS host name as botocore takes it for an endpoint (labels of letters,
+# digits and inner hyphens, an optional final dot); Kafka hosts may also hold
+# "_" (Docker Compose service names).
+_HOST_NAME = re.compile(
+    r"([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.?"
+)
+_KAFKA_HOST_NAME = re.compile(
+    r"([A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?\.?"
+)
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key."""
+
+
+def _problem(message: str) -> PydanticCustomError:
+    # The message is shown after the key's path, as "kafka.sasl_password: <message>".
+    return PydanticCustomError("invalid_setting", message)
+
+
+def _has_space_or_control(text: str) -> bool:
+    return any(char.isspace() or not char.isprintable() for char in text)
+
+
+def _host_port_problem(text: str, *, port_required: bool, host_name: re.Pattern[str]) -> str | None:
+    """What is wrong with ``host[:port]`` or ``[ipv6][:port]``; None if nothing."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            return "the IPv6 host has no closing bracket"
+        host, rest = text[1:close], text[close + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"host [{host}] in brackets is not an IPv6 address"
+        if rest and not rest.startswith(":"):
+            return f"unexpected {rest!r} after the host [{host}]"
+        port = rest[1:] if rest else None
+    else:
+        if text.count(":") > 1:
+            return "write an IPv6 host in brackets, as [::1]:9092"
+        host, colon, port_text = text.partition(":")
+        port = port_text if colon else None
+        if not host:
+            return "no host"
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                return f"host {host!r} is not an IPv4 address"
+        elif len(host.rstrip(".")) > 253 or not host_name.fullmatch(host):
+            return f"host {host!r} is not a host name"
+    if port is None:
+        return "no port: write host:port" if port_required else None
+    if not port:
+        return "empty port"
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        return f"port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with an http(s) endpoint URL; None if nothing. Never quotes the URL."""
+    if _has_space_or_control(url):
+        return "whitespace or control characters in the URL"
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme not in ("http", "https"):
+        return "not an http:// or https:// URL"
+    if "?" in rest:
+        return "a query (?...) is not allowed in an endpoint URL"
+    if "#" in rest:
+        return "a fragment (#...) is not allowed in an endpoint URL"
+    authority = rest.partition("/")[0]
+    if "@" in authority:
+        return "credentials in the URL are not allowed; use auth"
+    if not authority:
+        return "no host: write http://host[:port]"
+    return _host_port_problem(authority, port_required=False, host_name=_HOST_NAME)
 
 
 class _Strict(BaseModel):
@@ -76,8 +160,8 @@ class DestinationSettings(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
     stream: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.\-]+$")
-    region: str = Field(min_length=1, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
-    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    region: str = Field(min_length=1, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+    endpoint_url: str | None = None
     auth: AuthSettings | None = None
     include_segment_names: bool = False
     include_segment_timestamps: bool = False
@@ -90,6 +174,14 @@ class DestinationSettings(_Strict):
     shard_bytes_per_s: int = Field(default=1024 * 1024, ge=0)
     # PutRecords calls in flight at once to this stream.
     max_in_flight: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_an_http_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else _url_problem(value)
+        if problem is not None:
+            raise _problem(problem)
+        return value
 
     @field_validator("partition_key_namespaces")
     @classmethod
@@ -113,7 +205,7 @@ class DestinationSettings(_Strict):
     @classmethod
     def _attributes_are_xdm_paths(cls, value: list[str]) -> list[str]:
         for path in value:
-            if not _XDM_PATH.match(path):
+            if not _XDM_PATH.fullmatch(path):
                 raise ValueError(f"{path!r} is not a dotted XDM path such as person.name.lastName")
             if path.split(".")[0] in ("segmentMembership", "identityMap"):
                 raise ValueError(f"{path!r} clashes with a field the record always has")
@@ -126,13 +218,7 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"]
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
-_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-_IAM_ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/.+$")
-
-
-def _problem(message: str) -> PydanticCustomError:
-    # The message is shown after the key's path, as "kafka.sasl_password: <message>".
-    return PydanticCustomError("kafka_security", message)
+_TOPIC_KEYS = ("qualifications_topic", "profiles_topic", "dlq_topic")
 
 
 class KafkaSettings(_Strict):
@@ -144,9 +230,10 @@ class KafkaSettings(_Strict):
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    qualifications_topic: str = "segment-qualifications"
-    profiles_topic: str = "profile-updates"
-    dlq_topic: str = "kinesis-destination-dlq"
+    # Three distinct topics; each checked against the ones above it.
+    qualifications_topic: str = Field(default="segment-qualifications", validate_default=True)
+    profiles_topic: str = Field(default="profile-updates", validate_default=True)
+    dlq_topic: str = Field(default="kinesis-destination-dlq", validate_default=True)
     # Replicas of the topics the worker creates (dead letters, table changelogs);
     # 1 suits a single local broker, production clusters want 3.
     replication_factor: int = Field(default=1, ge=1, le=32)
@@ -163,6 +250,50 @@ class KafkaSettings(_Strict):
     ssl_keyfile: Path | None = None
     ssl_key_password: SecretStr | None = None
     ssl_check_hostname: bool = True
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers_are_host_ports(cls, value: str) -> str:
+        # Spaces around the commas are dropped: Faust would pass them on to aiokafka.
+        servers = [server.strip(" ") for server in value.split(",")]
+        if servers == [""]:
+            raise _problem("no server: write host:port, several separated by commas")
+        for server in servers:
+            if not server:
+                raise _problem("an empty server between commas")
+            if _has_space_or_control(server):
+                raise _problem(f"whitespace or control characters in {server!r}")
+            if "://" in server:
+                raise _problem(f"{server!r}: write host:port, not a URL")
+            problem = _host_port_problem(server, port_required=True, host_name=_KAFKA_HOST_NAME)
+            if problem is not None:
+                raise _problem(f"{server!r}: {problem}")
+        return ",".join(servers)
+
+    @field_validator(*_TOPIC_KEYS)
+    @classmethod
+    def _topics_are_legal_and_distinct(cls, value: str, info: ValidationInfo) -> str:
+        if value in (".", ".."):
+            raise _problem(f"{value!r} is not a legal Kafka topic name")
+        if not _KAFKA_TOPIC.fullmatch(value):
+            raise _problem(
+                "a Kafka topic name is 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
+            )
+        for other in _TOPIC_KEYS[: _TOPIC_KEYS.index(str(info.field_name))]:
+            theirs = info.data.get(other)
+            if theirs is None:
+                continue  # invalid, reported on its own key
+            if theirs == value:
+                raise _problem(
+                    f"the same topic as kafka.{other}; the qualifications, profiles and "
+                    "dead-letter topics must be three different topics"
+                )
+            if theirs.replace(".", "_") == value.replace(".", "_"):
+                raise _problem(
+                    f"{value!r} and kafka.{other} ({theirs!r}) collide: Kafka treats '.' "
+                    "and '_' in topic names alike and refuses the second one"
+                )
+        return value
 
     @field_validator("security_protocol", "sasl_mechanism", mode="before")
     @classmethod
@@ -212,7 +343,7 @@ class KafkaSettings(_Strict):
             raise _problem("required with sasl_mechanism AWS_MSK_IAM: the MSK cluster's region")
         if mechanism != "AWS_MSK_IAM" and value is not None:
             raise _problem("only used with sasl_mechanism AWS_MSK_IAM")
-        if value is not None and not _AWS_REGION.match(value):
+        if value is not None and not _AWS_REGION.fullmatch(value):
             raise _problem(f"{value!r} is not an AWS region name such as us-east-1")
         return value
 
@@ -221,7 +352,7 @@ class KafkaSettings(_Strict):
     def _role_for_iam(cls, value: str | None, info: ValidationInfo) -> str | None:
         if "sasl_mechanism" in info.data and info.data["sasl_mechanism"] != "AWS_MSK_IAM":
             raise _problem("only used with sasl_mechanism AWS_MSK_IAM")
-        if value is not None and not _IAM_ROLE_ARN.match(value):
+        if value is not None and not _IAM_ROLE_ARN.fullmatch(value):
             raise _problem("not an IAM role ARN such as arn:aws:iam::123456789012:role/name")
         return value
 
@@ -271,14 +402,19 @@ class RuntimeSettings(_Strict):
     # Events taken from Kafka per batch, and the longest wait to fill one.
     batch_max_events: int = Field(default=2000, ge=1, le=100_000)
     batch_linger_ms: int = Field(default=100, ge=1, le=60_000)
-    # Input bytes taken from Kafka and not yet done (queued or being put); at
-    # the bound the worker stops reading until a batch is done.
+    # Everything the worker holds: input events taken from Kafka and not yet
+    # done, records built and not yet accepted, dead letters not yet written.
+    # At the bound the worker stops reading, and a batch delivers what it has
+    # built before going on.
     max_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Faust commits acknowledged offsets this often.
     commit_interval_ms: int = Field(default=1000, ge=10)
     # On SIGTERM, batches already taken get this long to finish before the
     # worker leaves the group (what is left is replayed, never lost).
     shutdown_timeout_s: float = Field(default=20.0, ge=0, le=600)
+    # /healthz fails when events have waited this long with no batch completed
+    # (Kafka refusing writes, Kinesis refusing a stream, or a bug).
+    stall_timeout_s: float = Field(default=600.0, ge=10)
     # A worker that stops heart-beating for this long loses its partitions.
     session_timeout_ms: int = Field(default=45_000, ge=6_000, le=300_000)
     # Other workers keep a warm copy of each table partition (Faust standby
@@ -323,7 +459,7 @@ def load_settings(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            loaded, duplicates = _load_yaml(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
         except UnicodeDecodeError:
@@ -332,6 +468,14 @@ def load_settings(
             raise ConfigError(
                 f"configuration file {path} is not valid YAML: {_yaml_problem(exc)}"
             ) from None
+        if duplicates:
+            raise ConfigError(
+                "invalid configuration:\n  "
+                + "\n  ".join(
+                    f"{key}: set twice in {path}, at lines {first} and {second}"
+                    for key, first, second in duplicates
+                )
+            )
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
         data = loaded or {}
@@ -344,6 +488,54 @@ def load_settings(
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def _load_yaml(text: str) -> tuple[Any, list[tuple[str, int, int]]]:
+    """Parses one YAML document (safely), and finds the keys set twice in a mapping.
+
+    PyYAML keeps the last value of a repeated key without a word. Returns the
+    data and, for each repeat, its key path and the lines of the first and the
+    repeated key. Keys merged in with "<<" are defaults, not repeats.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, []
+        duplicates: list[tuple[str, int, int]] = []
+        walked: set[int] = set()
+
+        def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+            if id(node) in walked:  # an alias of a node walked already
+                return
+            walked.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                for index, item in enumerate(node.value):
+                    walk(item, (*path, str(index)))
+            elif isinstance(node, yaml.MappingNode):
+                first_lines: dict[Any, int] = {}
+                for key_node, value_node in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        walk(value_node, path)
+                        continue
+                    key = str(key_node.value)
+                    if isinstance(key_node, yaml.ScalarNode):
+                        # Compared as constructed: "true" and "True" are one key.
+                        constructed = loader.construct_object(key_node)
+                        key = str(constructed)
+                        line = key_node.start_mark.line + 1
+                        if constructed in first_lines:
+                            duplicates.append(
+                                (".".join((*path, key)), first_lines[constructed], line)
+                            )
+                        else:
+                            first_lines[constructed] = line
+                    walk(value_node, (*path, key))
+
+        walk(root, ())
+        return loader.construct_document(root), duplicates
+    finally:
+        loader.dispose()
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -371,9 +563,11 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[list[str], 
         # "Top #1" or "Sales: EMEA" are not mangled by YAML.
         if raw[:1] in ("[", "{"):
             try:
-                value = yaml.safe_load(raw)
+                value, duplicates = _load_yaml(raw)
             except yaml.YAMLError:
                 raise ConfigError(f"{name}: not a valid YAML list or mapping") from None
+            if duplicates:
+                raise ConfigError(f"{name}: {duplicates[0][0]} is set twice")
         found.append((keys, value))
     # List items must be applied by ascending index: 2 before 10.
     found.sort(key=lambda item: [(0, int(k), "") if k.isdigit() else (1, 0, k) for k in item[0]])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -266,7 +269,7 @@ def test_several_destinations_map_their_segments(tmp_path: Path) -> None:
         pytest.param(
             {"destinations": [minimal_destination(endpoint_url="localhost:4567")]},
             "destinations.0.endpoint_url",
-            "pattern",
+            "http",
             id="bad-endpoint",
         ),
         pytest.param(
@@ -631,3 +634,361 @@ def test_a_bad_instance_id_is_refused_naming_the_key(tmp_path: Path, value: str)
         tmp_path, {"destinations": [minimal_destination()], "runtime": {"instance_id": value}}
     )
     assert "runtime.instance_id" in load_error(path)
+
+
+# -- configuration traps: refused at load, naming the key, never a traceback --------------
+
+
+def destination_error(tmp_path: Path, **overrides: Any) -> str:
+    return load_error(write_config(tmp_path, {"destinations": [minimal_destination(**overrides)]}))
+
+
+def kafka_error(tmp_path: Path, **kafka: Any) -> str:
+    return load_error(
+        write_config(tmp_path, {"destinations": [minimal_destination()], "kafka": kafka})
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        pytest.param("http://", "no host", id="no-host"),
+        pytest.param("https:///path", "no host", id="empty-host"),
+        pytest.param("http://local host:4567", "whitespace", id="space-in-host"),
+        pytest.param("http://127.0.0.1:4567 ", "whitespace", id="trailing-space"),
+        pytest.param("http://127.0.0.1:4567\n", "whitespace", id="trailing-newline"),
+        pytest.param("http://127.0.0.1:notaport", "port", id="port-not-a-number"),
+        pytest.param("http://127.0.0.1:0", "port", id="port-zero"),
+        pytest.param("http://127.0.0.1:70000", "port", id="port-too-large"),
+        pytest.param("http://127.0.0.1:", "port", id="port-empty"),
+        pytest.param("http://kinesis_local:4567", "host", id="underscore-in-host"),
+        pytest.param("http://-kinesis:4567", "host", id="host-starts-with-hyphen"),
+        pytest.param("http://999.0.0.1:4567", "host", id="bad-ipv4"),
+        pytest.param("http://[::g]:4567", "host", id="bad-ipv6"),
+        pytest.param("http://user:pw@127.0.0.1:4567", "credentials", id="credentials"),
+        pytest.param("http://127.0.0.1:4567/?x=1", "query", id="query"),
+        pytest.param("http://127.0.0.1:4567/#top", "fragment", id="fragment"),
+    ],
+)
+def test_a_bad_endpoint_url_is_refused_naming_the_key(tmp_path: Path, url: str, words: str) -> None:
+    message = destination_error(tmp_path, endpoint_url=url)
+    assert "destinations.0.endpoint_url: " in message
+    assert words in message
+    assert "pw" not in message  # the value is not quoted: it may hold credentials
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:4567",
+        "https://kinesis.us-east-1.amazonaws.com",
+        "https://vpce-0a1b-c2d3.kinesis.us-east-1.vpce.amazonaws.com/",
+        "http://Kinesis.Local:4567",
+        "http://[::1]:4567",
+        "http://kinesis.:4567",
+    ],
+)
+def test_good_endpoint_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    """Guards the checks above against refusing what botocore takes (passes before them too)."""
+    path = write_config(tmp_path, {"destinations": [minimal_destination(endpoint_url=url)]})
+    assert load_settings(path, environ={}).destinations[0].endpoint_url == url
+
+
+@pytest.mark.parametrize(
+    ("servers", "words"),
+    [
+        pytest.param("host:notaport", "port", id="port-not-a-number"),
+        pytest.param("host", "host:port", id="no-port"),
+        pytest.param("host:", "port", id="empty-port"),
+        pytest.param("host:0", "port", id="port-zero"),
+        pytest.param("host:65536", "port", id="port-too-large"),
+        pytest.param("host:+9092", "port", id="port-with-sign"),
+        pytest.param("", "host:port", id="empty"),
+        pytest.param("a:9092,", "empty", id="trailing-comma"),
+        pytest.param("a:9092,,b:9092", "empty", id="double-comma"),
+        pytest.param("::1:9092", "brackets", id="ipv6-without-brackets"),
+        pytest.param("[::1]", "host:port", id="ipv6-without-port"),
+        pytest.param("[::g]:9092", "host", id="bad-ipv6"),
+        pytest.param("[kafka]:9092", "host", id="brackets-around-a-name"),
+        pytest.param("bad host:9092", "whitespace", id="space-in-host"),
+        pytest.param("host:9092\n", "whitespace", id="trailing-newline"),
+        pytest.param("-kafka:9092", "host", id="host-starts-with-hyphen"),
+        pytest.param("kafka://host:9092", "host", id="url-instead-of-host-port"),
+        pytest.param("300.1.1.1:9092", "host", id="bad-ipv4"),
+    ],
+)
+def test_bad_bootstrap_servers_are_refused_naming_the_key(
+    tmp_path: Path, servers: str, words: str
+) -> None:
+    message = kafka_error(tmp_path, bootstrap_servers=servers)
+    assert "kafka.bootstrap_servers: " in message
+    assert words in message
+
+
+@pytest.mark.parametrize(
+    "servers",
+    [
+        "127.0.0.1:9092",
+        "kafka-1.example.internal:9092,kafka-2.example.internal:9092",
+        "b-1.audiences.abc123.c2.kafka.us-east-1.amazonaws.com:9098",
+        "[::1]:9092",
+        "[::1]:9092,kafka:9092",
+        "kafka_broker:9092",  # Docker Compose service names may hold underscores
+        "kafka:1,kafka:65535",
+    ],
+)
+def test_good_bootstrap_servers_are_accepted(tmp_path: Path, servers: str) -> None:
+    """Guards the checks above against refusing good values (passes before them too)."""
+    path = write_config(
+        tmp_path, {"destinations": [minimal_destination()], "kafka": {"bootstrap_servers": servers}}
+    )
+    assert load_settings(path, environ={}).kafka.bootstrap_servers == servers
+
+
+def test_spaces_around_bootstrap_server_commas_are_dropped(tmp_path: Path) -> None:
+    """Faust would otherwise hand aiokafka a broker URL with a space in it."""
+    path = write_config(
+        tmp_path,
+        {"destinations": [minimal_destination()], "kafka": {"bootstrap_servers": "a:1, b:2"}},
+    )
+    assert load_settings(path, environ={}).kafka.bootstrap_servers == "a:1,b:2"
+
+
+@pytest.mark.parametrize(
+    ("kafka", "key", "words"),
+    [
+        pytest.param(
+            {"dlq_topic": "segment-qualifications"},
+            "kafka.dlq_topic",
+            "kafka.qualifications_topic",
+            id="dlq-is-qualifications",
+        ),
+        pytest.param(
+            {"dlq_topic": "profile-updates"},
+            "kafka.dlq_topic",
+            "kafka.profiles_topic",
+            id="dlq-is-profiles",
+        ),
+        pytest.param(
+            {"qualifications_topic": "kinesis-destination-dlq"},
+            "kafka.dlq_topic",
+            "kafka.qualifications_topic",
+            id="qualifications-is-the-default-dlq",
+        ),
+        pytest.param(
+            {"qualifications_topic": "events", "profiles_topic": "events"},
+            "kafka.profiles_topic",
+            "kafka.qualifications_topic",
+            id="same-input-topics",
+        ),
+        pytest.param(
+            {"qualifications_topic": "profile-updates"},
+            "kafka.profiles_topic",
+            "kafka.qualifications_topic",
+            id="qualifications-is-the-default-profiles",
+        ),
+        pytest.param(
+            {"qualifications_topic": "a.b", "profiles_topic": "a_b"},
+            "kafka.profiles_topic",
+            "collide",
+            id="dot-and-underscore-collide",
+        ),
+        pytest.param(
+            {"qualifications_topic": ""}, "kafka.qualifications_topic", "1-249", id="empty"
+        ),
+        pytest.param({"profiles_topic": "a b"}, "kafka.profiles_topic", "a-z", id="space"),
+        pytest.param({"dlq_topic": "dead/letters"}, "kafka.dlq_topic", "a-z", id="slash"),
+        pytest.param({"dlq_topic": "dlq\n"}, "kafka.dlq_topic", "a-z", id="trailing-newline"),
+        pytest.param({"dlq_topic": "d\u00e9j\u00e0"}, "kafka.dlq_topic", "a-z", id="non-ascii"),
+        pytest.param({"dlq_topic": "."}, "kafka.dlq_topic", "'.'", id="dot"),
+        pytest.param({"dlq_topic": ".."}, "kafka.dlq_topic", "'..'", id="dot-dot"),
+        pytest.param({"dlq_topic": "x" * 250}, "kafka.dlq_topic", "1-249", id="too-long"),
+    ],
+)
+def test_bad_topics_are_refused_naming_the_key(
+    tmp_path: Path, kafka: dict[str, str], key: str, words: str
+) -> None:
+    message = kafka_error(tmp_path, **kafka)
+    assert f"{key}: " in message
+    assert words in message
+
+
+def test_the_longest_topic_name_is_accepted(tmp_path: Path) -> None:
+    """Guards the length check (passes before it too)."""
+    path = write_config(
+        tmp_path, {"destinations": [minimal_destination()], "kafka": {"dlq_topic": "x" * 249}}
+    )
+    assert load_settings(path, environ={}).kafka.dlq_topic == "x" * 249
+
+
+def test_duplicate_yaml_keys_are_refused_naming_the_path_and_lines(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path,
+        """\
+        app_id: one
+        destinations:
+          - name: a
+            stream: s
+            region: us-east-1
+            stream: t
+            segments: [{id: x}]
+        app_id: two
+        """,
+    )
+    message = load_error(path)
+    assert "destinations.0.stream: " in message
+    assert "lines 4 and 6" in message
+    assert "app_id: " in message
+    assert "lines 1 and 8" in message
+    assert str(path) in message
+
+
+def test_duplicate_keys_in_a_flow_mapping_are_refused(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path,
+        """\
+        destinations:
+          - {name: a, stream: s, region: us-east-1, segments: [{id: x, id: y}]}
+        """,
+    )
+    assert "destinations.0.segments.0.id: " in load_error(path)
+
+
+def test_duplicate_keys_through_an_alias_are_refused(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path,
+        """\
+        kafka: &k {dlq_topic: a, dlq_topic: b}
+        destinations:
+          - {name: a, stream: s, region: us-east-1, segments: [{id: x}]}
+        """,
+    )
+    assert "kafka.dlq_topic: " in load_error(path)
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    """A merge key's values are defaults that explicit keys replace: not duplicates."""
+    path = write_text(
+        tmp_path,
+        """\
+        base: &base {name: a, stream: s, region: us-east-1, segments: [{id: x}]}
+        destinations:
+          - <<: *base
+            stream: t
+        """,
+    )
+    # The unknown top-level key 'base' is the only complaint.
+    message = load_error(path)
+    assert "base: unknown key" in message
+    assert "stream" not in message
+
+
+def test_duplicate_keys_in_an_environment_mapping_are_refused(tmp_path: Path) -> None:
+    message = load_error(
+        minimal(tmp_path), environ={"KD_DESTINATIONS__0__SEGMENTS": "[{id: a, id: b}]"}
+    )
+    assert "KD_DESTINATIONS__0__SEGMENTS" in message
+    assert "0.id" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        pytest.param(
+            {"destinations": [minimal_destination(attributes=["person.name\n"])]},
+            "destinations.0.attributes",
+            id="attribute-with-trailing-newline",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(region="us-east-\u0661")]},
+            "destinations.0.region",
+            id="region-with-a-non-ascii-digit",
+        ),
+        pytest.param(
+            {
+                "destinations": [minimal_destination()],
+                "kafka": {
+                    "security_protocol": "SASL_SSL",
+                    "sasl_mechanism": "AWS_MSK_IAM",
+                    "aws_region": "us-east-1\n",
+                },
+            },
+            "kafka.aws_region",
+            id="msk-region-with-trailing-newline",
+        ),
+        pytest.param(
+            {
+                "destinations": [minimal_destination()],
+                "kafka": {
+                    "security_protocol": "SASL_SSL",
+                    "sasl_mechanism": "AWS_MSK_IAM",
+                    "aws_region": "us-east-\u0661",
+                },
+            },
+            "kafka.aws_region",
+            id="msk-region-with-a-non-ascii-digit",
+        ),
+        pytest.param(
+            {
+                "destinations": [minimal_destination()],
+                "kafka": {
+                    "security_protocol": "SASL_SSL",
+                    "sasl_mechanism": "AWS_MSK_IAM",
+                    "aws_region": "us-east-1",
+                    "aws_role_arn": "arn:aws:iam::123456789012:role/msk\n",
+                },
+            },
+            "kafka.aws_role_arn",
+            id="role-arn-with-trailing-newline",
+        ),
+    ],
+)
+def test_a_trailing_newline_or_foreign_digit_does_not_pass_a_pattern(
+    tmp_path: Path, data: dict[str, Any], key: str
+) -> None:
+    assert f"{key}: " in load_error(write_config(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key"),
+    [
+        ("KD_KAFKA__BOOTSTRAP_SERVERS", "host:notaport", "kafka.bootstrap_servers"),
+        ("KD_KAFKA__DLQ_TOPIC", "profile-updates", "kafka.dlq_topic"),
+        ("KD_DESTINATIONS__0__ENDPOINT_URL", "http://", "destinations.0.endpoint_url"),
+        ("KD_DESTINATIONS__0__ATTRIBUTES__0", "a.b\n", "destinations.0.attributes"),
+    ],
+)
+def test_environment_values_are_validated_alike(
+    tmp_path: Path, variable: str, value: str, key: str
+) -> None:
+    assert f"{key}: " in load_error(minimal(tmp_path), environ={variable: value})
+
+
+TRAPS = {
+    "endpoint-no-host": ("destinations.0.endpoint_url", {"endpoint_url": "http://"}, {}),
+    "endpoint-space": ("destinations.0.endpoint_url", {"endpoint_url": "http://a b:4567"}, {}),
+    "bootstrap-port": ("kafka.bootstrap_servers", {}, {"bootstrap_servers": "host:notaport"}),
+}
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("trap", sorted(TRAPS))
+def test_commands_stop_on_a_trap_with_exit_code_2(tmp_path: Path, command: str, trap: str) -> None:
+    """The real command line, as an operator runs it: exit 2, the key, no traceback."""
+    key, destination, kafka = TRAPS[trap]
+    path = write_config(
+        tmp_path, {"destinations": [minimal_destination(**destination)], "kafka": kafka}
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{key}: " in result.stderr
