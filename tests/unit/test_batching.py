@@ -4,7 +4,7 @@ memory is shared, a stall shows (worker/batching.py, worker/budget.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pytest
 from aiokafka.errors import (
@@ -31,8 +31,11 @@ class FakeProcessor:
     """Fails any batch holding a poison offset; fails the first ``outages`` calls."""
 
     def __init__(
-        self, poison: set[int] = frozenset(), outages: int = 0, outage: Exception | None = None
-    ) -> None:  # type: ignore[assignment]
+        self,
+        poison: Collection[int] = (),
+        outages: int = 0,
+        outage: Exception | None = None,
+    ) -> None:
         self.poison = set(poison)
         self.outages = outages
         self.outage = outage or KafkaConnectionError()
@@ -144,7 +147,8 @@ async def test_one_event_larger_than_the_budget_still_fits_alone() -> None:
     memory = MemoryBudget(100)
     batches = EventBatches(10, 0.01, memory)
     await asyncio.wait_for(batches.put(Event(0, 500)), 1)
-    assert memory.used == 500 and memory.over
+    assert memory.used == 500
+    assert memory.over
 
 
 async def test_a_stall_is_measured_only_while_events_wait() -> None:
