@@ -55,8 +55,9 @@ class EventBatches:
     With a manual-ack stream, an event is acknowledged only after its batch.
 
     Back-pressure: the bytes of events taken and not yet done (queued or in
-    the batch being put) count against the memory budget; when it is full,
-    ``put`` waits, so the stream stops being read until a batch is done. The
+    the batch being put) count against the input half of the memory budget;
+    when it is full, ``put`` waits, so the stream stops being read until a
+    batch is done. The
     queue also holds at most ``max_events`` events.
     """
 
@@ -77,11 +78,11 @@ class EventBatches:
     async def release(self, events: Sequence[Any]) -> None:
         """The events are done (or abandoned): their bytes are free again."""
         self.buffered_events -= len(events)
-        await self._memory.release(sum(self.size(e) for e in events))
+        await self._memory.release_input(sum(self.size(e) for e in events))
         metrics.BUFFERED_EVENTS.set(self.buffered_events)
 
     async def put(self, event: Any) -> None:
-        await self._memory.reserve(self.size(event))
+        await self._memory.reserve_input(self.size(event))
         now = asyncio.get_running_loop().time()
         if self.buffered_events == 0:
             self.idle_since = now

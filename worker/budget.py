@@ -1,10 +1,12 @@
 """One byte budget for everything a worker holds: input events taken from Kafka
 and not yet done, records built and not yet accepted, dead letters not yet sent.
 
-Reading waits for room (back-pressure on Kafka); the batch being processed
-never waits (it would wait for itself), it delivers what it holds as soon as
-the budget is exceeded instead. So what is held stays within the budget plus
-the output of one event.
+Half is for input, half for output. Reading waits for room in its half
+(back-pressure on Kafka). The batch being processed never waits, since it would
+be waiting for itself. It delivers what it holds once its half is full. Split
+this way, neither side can starve the other: if output only got what input
+left over, a full input queue would force one put per event. So what is held
+stays within the budget plus the output of one event.
 """
 
 from __future__ import annotations
@@ -17,32 +19,46 @@ from worker import metrics
 class MemoryBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used = 0
+        self.share = limit // 2
+        self.input = 0
+        self.output = 0
         self._room = asyncio.Condition()
 
     @property
+    def used(self) -> int:
+        return self.input + self.output
+
+    @property
     def over(self) -> bool:
-        return self.used > self.limit
+        """Whether the output held is over its half: time to deliver it."""
+        return self.output > self.share
 
     def fits(self, size: int) -> bool:
-        """Whether ``size`` bytes could ever be held at once."""
-        return size <= self.limit
+        """Whether one record of ``size`` bytes can be held at all."""
+        return size <= self.share
 
-    async def reserve(self, size: int) -> None:
-        """Waits for room, then holds ``size`` bytes. Something always fits in an
-        empty budget, however large, so nothing can wedge."""
+    async def reserve_input(self, size: int) -> None:
+        """Waits for room, then holds ``size`` input bytes. Something always fits
+        when no input is held, however large, so nothing can wedge."""
         async with self._room:
-            await self._room.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
-            self.used += size
-        metrics.BUFFERED_BYTES.set(self.used)
+            await self._room.wait_for(lambda: self.input == 0 or self.input + size <= self.share)
+            self.input += size
+        self._report()
 
-    def take(self, size: int) -> None:
-        """Holds ``size`` bytes without waiting (output of the batch in progress)."""
-        self.used += size
-        metrics.BUFFERED_BYTES.set(self.used)
-
-    async def release(self, size: int) -> None:
+    async def release_input(self, size: int) -> None:
         async with self._room:
-            self.used -= size
+            self.input -= size
             self._room.notify_all()
+        self._report()
+
+    def take_output(self, size: int) -> None:
+        """Holds ``size`` bytes of output, without waiting."""
+        self.output += size
+        self._report()
+
+    def release_output(self, size: int) -> None:
+        self.output -= size
+        self._report()
+
+    def _report(self) -> None:
         metrics.BUFFERED_BYTES.set(self.used)

@@ -87,7 +87,8 @@ BUFFERED_EVENTS = Gauge(
 BUFFERED_BYTES = Gauge(
     "kd_buffered_bytes",
     "Bytes held against runtime.max_buffer_bytes: input events taken from Kafka and not yet "
-    "done, records built and not yet accepted, dead letters not yet written",
+    "done (half the budget), records built and not yet accepted and dead letters not yet "
+    "written (the other half)",
 )
 BATCH_FAILURES = Counter(
     "kd_batch_failures_total",

@@ -185,7 +185,7 @@ class BatchProcessor:
                     await self._flush(batch, report)
             await self._flush(batch, report)
         finally:
-            await self._memory.release(batch.held)
+            self._memory.release_output(batch.held)
         self._write_state(batch.overlay)
         await self._tables.flush()
         # Counted once the batch is done: a counted event is fully handled.
@@ -230,7 +230,7 @@ class BatchProcessor:
         else:
             built = sum(len(export.record.data) for export in batch.exports[exports_before:])
             batch.held += built
-            self._memory.take(built)
+            self._memory.take_output(built)
             return outcome
         # Undo whatever the event did: its state change and its exports.
         if batch.touched is not None:
@@ -243,7 +243,7 @@ class BatchProcessor:
     def _hold(self, batch: _Batch, letter: DeadLetter) -> None:
         batch.letters.append(letter)
         batch.held += letter.size
-        self._memory.take(letter.size)
+        self._memory.take_output(letter.size)
 
     def _check_state(self, batch: _Batch) -> None:
         """The state an event leaves must be storable: JSON, within the changelog's limit."""
@@ -285,7 +285,7 @@ class BatchProcessor:
         report.dead_letters += len(letters)
         freed = delivered + sum(letter.size for letter in letters)
         batch.held -= freed
-        await self._memory.release(freed)
+        self._memory.release_output(freed)
 
     # -- per event -----------------------------------------------------------------
 
@@ -448,7 +448,7 @@ class BatchProcessor:
                 if self._memory.fits(len(export.record.data)):
                     mine.append(export)
                 else:
-                    letters.append(_too_large_for_memory(export, destination, self._memory.limit))
+                    letters.append(_too_large_for_memory(export, destination, self._memory.share))
             if not mine:
                 continue
             outcomes = await destination.writer.put_all([export.record for export in mine])
@@ -502,5 +502,8 @@ def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> De
 
 
 def _too_large_for_memory(export: _Export, destination: Destination, limit: int) -> DeadLetter:
-    detail = f"{len(export.record.data)} bytes, over the worker's memory budget of {limit}"
+    detail = (
+        f"{len(export.record.data)} bytes, over the {limit} bytes the worker's memory "
+        "budget keeps for records (half of runtime.max_buffer_bytes)"
+    )
     return _rejected(export, destination, Outcome(False, "record_too_large", detail))

@@ -402,10 +402,10 @@ class RuntimeSettings(_Strict):
     # Events taken from Kafka per batch, and the longest wait to fill one.
     batch_max_events: int = Field(default=2000, ge=1, le=100_000)
     batch_linger_ms: int = Field(default=100, ge=1, le=60_000)
-    # Everything the worker holds: input events taken from Kafka and not yet
-    # done, records built and not yet accepted, dead letters not yet written.
-    # At the bound the worker stops reading, and a batch delivers what it has
-    # built before going on.
+    # Everything the worker holds. Half: input events taken from Kafka and not
+    # yet done (full, the worker stops reading). Half: records built and not
+    # yet accepted, dead letters not yet written (full, the batch delivers
+    # what it has built before going on).
     max_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Faust commits acknowledged offsets this often.
     commit_interval_ms: int = Field(default=1000, ge=10)

@@ -131,24 +131,26 @@ class Event:
 
 
 async def test_input_waits_for_room_in_the_shared_budget() -> None:
-    memory = MemoryBudget(100)
+    memory = MemoryBudget(200)
     batches = EventBatches(10, 0.01, memory)
     await batches.put(Event(0, 60))
-    memory.take(30)  # records built by the batch in progress
-    blocked = asyncio.ensure_future(batches.put(Event(1, 20)))
+    memory.take_output(500)  # records built by the batch in progress: their own half
+    assert memory.over
+    await asyncio.wait_for(batches.put(Event(1, 40)), 1)
+    blocked = asyncio.ensure_future(batches.put(Event(2, 20)))
     await asyncio.sleep(0.01)
-    assert not blocked.done()
-    await memory.release(30)
+    assert not blocked.done()  # the input half is full
+    await batches.release([Event(0, 60)])
     await asyncio.wait_for(blocked, 1)
-    assert memory.used == 80
+    assert memory.input == 60
+    assert memory.used == 560
 
 
 async def test_one_event_larger_than_the_budget_still_fits_alone() -> None:
     memory = MemoryBudget(100)
     batches = EventBatches(10, 0.01, memory)
     await asyncio.wait_for(batches.put(Event(0, 500)), 1)
-    assert memory.used == 500
-    assert memory.over
+    assert memory.input == 500
 
 
 async def test_a_stall_is_measured_only_while_events_wait() -> None:

@@ -1099,8 +1099,8 @@ async def test_built_records_are_delivered_before_the_budget_is_exceeded() -> No
     report = await world.run(*events)
     assert report.exports == 300
     assert len(world.one) == 300
-    # Within the budget plus one event's record, of about 100 KB each.
-    assert max(held) * 100_000 <= memory.limit + 101_000
+    # Within the output half of the budget plus one event's record (100 KB each).
+    assert max(held) * 100_000 <= memory.share + 101_000
     assert memory.used == 0
 
 
@@ -1116,4 +1116,5 @@ async def test_a_record_larger_than_the_budget_is_dead_lettered() -> None:
     [(_, letter)] = world.dead_letters.sent
     assert letter["reason"] == "record_too_large"
     assert "memory budget" in letter["detail"]
+    assert "25000 bytes" in letter["detail"]  # half of the budget is for records
     assert world.processor._memory.used == 0
