@@ -47,8 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _load(args)
         if args.command == "check":
+            from worker import logs
             from worker.check import check
 
+            # The libraries' log lines (aiokafka's "Unable connect ..." and the like)
+            # get run's redacting JSON formatter; on stderr, so that stdout holds
+            # nothing but report lines.
+            logs.setup(settings.runtime.log_level, logs.secret_values(settings), sys.stderr)
             return asyncio.run(check(settings))
         from worker.app import run
 
