@@ -733,6 +733,57 @@ def test_sigterm_during_an_outage_stops_within_the_deadline(
         deployment.destroy()
 
 
+def test_a_worker_that_completes_no_batch_fails_its_health_check(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kinesis refuses every put: past runtime.stall_timeout_s, /healthz answers 503
+    and kd_batch_stalled_seconds says for how long; once the stream accepts, the
+    worker recovers by itself and delivers everything."""
+    deployment = Deployment(stack, f"it-stall-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
+    deployment.create()
+    proxy = ProxyThread(stack.kinesis_endpoint)
+    try:
+        worker = deployment.worker(stall_timeout_s=10)
+        for destination in worker.config["destinations"]:
+            destination["endpoint_url"] = proxy.url
+        worker.start()
+        assert worker.get("/healthz")[0] == 200
+        proxy.proxy.faults.outage_for(600)
+        profiles = [f"h-{i:04d}" for i in range(50)]
+        deployment.send(
+            *[
+                ("q", p, qualification(p, SEG_A, "realized", "2021-09-01T00:00:00Z", ecid(p)))
+                for p in profiles
+            ]
+        )
+        started = time.monotonic()
+        while worker.get("/healthz")[0] == 200:
+            assert time.monotonic() - started < 60, "/healthz stayed 200"
+            time.sleep(0.5)
+        failed_after = time.monotonic() - started
+        status, body = worker.get("/healthz")
+        assert status == 503
+        assert b"no batch completed" in body
+        assert worker.metric("kd_batch_stalled_seconds") > 10
+        proxy.proxy.faults.clear()
+        reader = deployment.readers[deployment.streams[0]]
+        deadline = time.monotonic() + 60
+        while len({k for k, _ in reader.records}) < len(profiles):
+            assert time.monotonic() < deadline, "records lost after the outage"
+            reader.poll()
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while worker.get("/healthz")[0] != 200:
+            assert time.monotonic() < deadline, "/healthz did not recover"
+            time.sleep(0.2)
+        assert worker.metric("kd_batch_stalled_seconds") == 0
+        with capsys.disabled():
+            print(f"\n[stall] /healthz 503 {failed_after:.1f}s after the outage began")
+    finally:
+        proxy.close()
+        deployment.destroy()
+
+
 def _rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
