@@ -10,23 +10,26 @@
   are errors unless the schema preserves them;
 - no rendered resource goes unvalidated;
 - the rules of docs/operations.md: probes, grace period vs shutdown_timeout_s,
-  security context, replicas vs partitions, IRSA, config the worker accepts.
+  security context, replicas vs partitions, IRSA, config the worker accepts,
+  the NetworkPolicy (Kafka, HTTPS and DNS out; the web port from monitoring in).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
-from tests.deploy.helpers import DEPLOY, Manifest, run
+from tests.deploy.helpers import DEPLOY, OVERLAYS, Manifest, run
 from worker.settings import Settings, load_settings
 
 # Validated against both ends: what a still-supported older cluster has and the
@@ -358,3 +361,95 @@ def test_keda_scales_on_the_workers_lag_within_the_partitions(
         assert all(isinstance(value, str) for value in meta.values()), "KEDA wants strings"
         topics.add(meta["topic"])
     assert topics == {settings.kafka.qualifications_topic, settings.kafka.profiles_topic}
+
+
+# -- network policy ------------------------------------------------------------------
+
+KAFKA_PORTS = {9092, 9094, 9096, 9098}  # MSK's listeners; overlays replace them
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+# What docs/operations.md tells an overlay to add when its brokers use other ports.
+KAFKA_PORTS_PATCH = """\
+- op: replace
+  path: /spec/egress/0/ports
+  value:
+    - protocol: TCP
+      port: 9093
+"""
+
+
+def rule_ports(rule: dict[str, Any]) -> set[tuple[str, int | str]]:
+    return {(p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports") or []}
+
+
+def endpoint_port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+@pytest.mark.parametrize("overlay", ["base", "example"])
+def test_network_policy_admits_only_kafka_aws_dns_and_monitoring(
+    overlay: str, rendered: dict[str, list[Manifest]], tmp_path: Path
+) -> None:
+    docs = rendered[overlay]
+    spec = only(docs, "NetworkPolicy")["spec"]
+    assert selects_pods(spec["podSelector"]["matchLabels"], docs)
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+
+    # In: the web port only, from the monitoring namespace only.
+    (ingress,) = spec["ingress"]
+    assert ingress["from"] == [{"namespaceSelector": {"matchLabels": MONITORING}}]
+    assert rule_ports(ingress) == {("TCP", "http")}
+    web = {p["name"]: p["containerPort"] for p in worker_container(docs)["ports"]}["http"]
+    assert web == configured(docs, tmp_path).runtime.web_port
+
+    # Out: every rule names its ports (a rule without ports opens them all).
+    assert all(rule.get("ports") for rule in spec["egress"])
+    kafka, https, dns = spec["egress"]
+    assert rule_ports(kafka) == {("TCP", port) for port in KAFKA_PORTS}
+    assert rule_ports(https) == {("TCP", 443)}
+    assert rule_ports(dns) == {("UDP", 53), ("TCP", 53)}
+
+    # What the configuration connects to is allowed.
+    settings = configured(docs, tmp_path)
+    allowed = {port for rule in spec["egress"] for _, port in rule_ports(rule)}
+    brokers = {int(b.rsplit(":", 1)[1]) for b in settings.kafka.bootstrap_servers.split(",")}
+    assert brokers <= KAFKA_PORTS, f"{overlay}: brokers on {brokers}, policy allows {KAFKA_PORTS}"
+    for destination in settings.destinations:
+        if destination.endpoint_url:
+            assert endpoint_port(destination.endpoint_url) in allowed, destination.endpoint_url
+
+
+def test_network_policy_admits_the_podmonitors_scrapes(example: list[Manifest]) -> None:
+    (ingress,) = only(example, "NetworkPolicy")["spec"]["ingress"]
+    scraped = {e["port"] for e in only(example, "PodMonitor")["spec"]["podMetricsEndpoints"]}
+    assert scraped <= {port for _, port in rule_ports(ingress)}
+
+
+def test_an_overlay_can_set_the_kafka_ports(
+    kustomize: Path, rendered: dict[str, list[Manifest]], tmp_path: Path
+) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = os.path.relpath(OVERLAYS["base"], overlay)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [base],
+                "patches": [
+                    {
+                        "target": {"kind": "NetworkPolicy", "name": NAME},
+                        "patch": KAFKA_PORTS_PATCH,
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = run([kustomize, "build", overlay])
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kafka, *others = only(docs, "NetworkPolicy")["spec"]["egress"]
+    assert rule_ports(kafka) == {("TCP", 9093)}
+    assert others == only(rendered["base"], "NetworkPolicy")["spec"]["egress"][1:]
