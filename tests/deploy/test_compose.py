@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tests.deploy.helpers import DEPLOY, REPO, run
+from tests.deploy.helpers import COMPOSE_ENV, DEPLOY, REPO, composecheck_args, run
 from worker.settings import Settings, load_settings
 
 WORKERS = ("worker-1", "worker-2")
@@ -77,7 +77,7 @@ def test_composecheck_does_catch_problems(composecheck: Path, tmp_path: Path) ->
         assert text != good, what
         path = tmp_path / "compose.yaml"
         path.write_text(text, encoding="utf-8")
-        result = run([composecheck, path])
+        result = run([composecheck, *composecheck_args(COMPOSE_ENV), path])
         assert result.returncode != 0, f"composecheck accepted a compose file with {what}"
 
 
@@ -246,3 +246,41 @@ def test_no_host_port_is_published_beyond_loopback(compose_project: dict[str, An
     for name, service in services(compose_project).items():
         for port in service.get("ports") or []:
             assert port.get("host_ip") == "127.0.0.1", f"{name}: {port} is open to the network"
+
+
+def test_grafana_has_no_default_admin_password(composecheck: Path) -> None:
+    result = run([composecheck, DEPLOY / "compose.yaml"])
+    assert result.returncode != 0, "the stack loads without GRAFANA_ADMIN_PASSWORD"
+    assert "required variable GRAFANA_ADMIN_PASSWORD is missing a value" in result.stderr
+    empty = run([composecheck, "-env", "GRAFANA_ADMIN_PASSWORD=", DEPLOY / "compose.yaml"])
+    assert empty.returncode != 0, "the stack loads with an empty GRAFANA_ADMIN_PASSWORD"
+
+
+def test_grafana_admin_comes_from_the_environment_and_anonymous_users_only_view(
+    compose_project: dict[str, Any],
+) -> None:
+    environment = services(compose_project)["grafana"]["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_ENV["GRAFANA_ADMIN_PASSWORD"]
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert environment["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    # Nothing the stack reads from the environment has a default in the file.
+    text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
+    assert not re.findall(r"\$\{[A-Z_]+:?-", text), "a variable with a default value"
+
+
+def test_no_service_keeps_capabilities_or_can_gain_privileges(
+    compose_project: dict[str, Any],
+) -> None:
+    for name, service in services(compose_project).items():
+        assert service.get("cap_drop") == ["ALL"], f"{name} keeps Linux capabilities"
+        assert not service.get("cap_add"), f"{name} adds capabilities"
+        assert "no-new-privileges:true" in (service.get("security_opt") or []), name
+        assert not service.get("privileged"), f"{name} is privileged"
+        assert service.get("user", "") not in ("0", "root"), f"{name} runs as root"
+
+
+def test_worker_image_services_have_a_read_only_root(compose_project: dict[str, Any]) -> None:
+    for name in (*WORKERS, "init"):
+        service = services(compose_project)[name]
+        assert service.get("read_only") is True, f"{name}: writable root file system"
+        assert service.get("tmpfs") == ["/tmp"], name
