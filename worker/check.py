@@ -6,6 +6,7 @@ import sys
 
 from aiokafka.errors import KafkaError
 
+from worker import logs
 from worker.app import preflight
 from worker.kafka_client import diagnose_connection
 from worker.kinesis import AioBotoTransport, TransportError
@@ -15,10 +16,13 @@ from worker.settings import ConfigError, Settings
 async def check(settings: Settings) -> int:
     """Prints one line per check; returns 0 when every check passed."""
     failures = 0
+    # A failure line can quote an exception, and an exception can quote a secret.
+    redact = logs.Redactor(logs.secret_values(settings))
 
     def report(ok: bool, line: str) -> None:
         nonlocal failures
         failures += 0 if ok else 1
+        line = redact(line)
         print(f"{'ok ' if ok else 'FAIL'} {line}", file=sys.stdout if ok else sys.stderr)
 
     report(True, f"configuration: {len(settings.destinations)} destination(s)")

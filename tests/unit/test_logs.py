@@ -368,3 +368,36 @@ def test_check_logs_through_the_redacting_formatter(
     ]
     assert not [e for e in logged if e["logger"] == "aiokafka.conn"]
     assert "Zq" not in err
+
+
+async def test_check_redacts_its_failure_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FAIL line quotes the exception, which can quote a secret."""
+    import worker.check
+    from worker.kinesis import TransportError
+    from worker.settings import ConfigError, load_settings
+
+    async def refused(settings: Any) -> Any:
+        raise ConfigError(f"kafka: login refused for sasl://worker:{SECRET}@kafka:9094")
+
+    class Transport:
+        def __init__(self, destination: Any) -> None:
+            pass
+
+        async def describe_stream(self, stream: str) -> Any:
+            raise TransportError("AccessDenied", f"denied with {SECRET!r}", fatal=True)
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(worker.check, "preflight", refused)
+    monkeypatch.setattr(worker.check, "AioBotoTransport", Transport)
+    monkeypatch.setenv("KD_KAFKA__SASL_PASSWORD", SECRET)
+    settings = load_settings(write_config(tmp_path, "kafka:9094", "http://kinesis:4567"))
+    assert await worker.check.check(settings) == 1
+    err = capsys.readouterr().err
+    assert err.count("FAIL") == 2
+    assert SECRET not in err
+    assert repr(SECRET) not in err
+    assert "***" in err
