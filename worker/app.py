@@ -21,7 +21,7 @@ import faust
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
-from mode import Service
+from mode import CrashingSupervisor, Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import __version__, logs, metrics
@@ -320,7 +320,10 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     metrics.BATCH_STALLED.set_function(runner.stalled_s)
     app.shutdown_timeout_s = runtime.shutdown_timeout_s
 
-    @app.agent(inputs, concurrency=1, name="export")
+    # A crash of the agent stops the worker (exit 1) rather than restarting the
+    # agent in place: events it took and never acknowledged would hold the
+    # commits of their partitions until the process restarts anyway.
+    @app.agent(inputs, concurrency=1, name="export", supervisor_strategy=CrashingSupervisor)
     async def export(stream: Any) -> None:
         await runner.run(stream)
 

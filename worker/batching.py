@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
+from faust.exceptions import FaustError
 
 from worker import metrics
 from worker.budget import MemoryBudget
@@ -32,17 +33,33 @@ class Processor(Protocol):
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether a failure is Kafka's or the network's rather than the events': the
-    one place that decides. Such a batch is retried as it is until it goes
-    through, and none of its events is dead-lettered.
+    """Whether a failure is the infrastructure's rather than the events': the one
+    place that decides. Such a batch is retried as it is until it goes through,
+    and none of its events is dead-lettered.
 
     Every Kafka error counts, retriable or not: a refused write (authorization,
     a topic deleted) is an outage to fix, never the fault of one event, and the
     dead letters that could be too large for Kafka are bounded by construction
-    (worker.deadletters). Kinesis errors never reach here: the writer retries
-    them itself.
+    (worker.deadletters). So do Faust's errors (it wraps Kafka's in
+    ``ProducerSendError``; ``NotReady`` while it starts or stops) and the
+    operating system's (a full disk under RocksDB, a reset connection, a
+    timeout), anywhere in the chain of causes. The events are handled one by
+    one inside the processor, so what escapes it after they were applied
+    (delivery, dead letters, table writes) is retried, not blamed on an event
+    that may already have been sent. Kinesis errors never reach here: the
+    writer retries them itself.
     """
-    return isinstance(exc, (KafkaError, TimeoutError, ConnectionError))
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (KafkaError, FaustError, OSError)):
+            return True
+        seen.add(id(cause))
+        if cause.__cause__ is not None:
+            cause = cause.__cause__
+        else:
+            cause = None if cause.__suppress_context__ else cause.__context__
+    return False
 
 
 class EventBatches:
@@ -138,16 +155,37 @@ class BatchRunner:
         return time.monotonic() - since  # the clock of asyncio's loop.time()
 
     async def run(self, stream: Any) -> None:
+        """Takes the stream's events until cancelled; raises what stops the batches.
+
+        A failure of the batch loop itself (not of a batch: those are retried
+        or split) leaves taken events unacknowledged, and their offsets could
+        never be committed again in this process: it is raised at once, even
+        while ``put`` waits for room, and the agent's crashing supervisor
+        stops the worker, which restarts from the committed offsets.
+        """
         manual = stream.noack()  # acks are ours
         self._last_done = asyncio.get_running_loop().time()
-        self._processing = asyncio.ensure_future(self._process(manual))
+        processing = self._processing = asyncio.ensure_future(self._process(manual))
+        taking = asyncio.current_task()
+
+        def stop_taking(done: asyncio.Future[None]) -> None:
+            if taking is not None and not done.cancelled() and done.exception() is not None:
+                taking.cancel()
+
+        processing.add_done_callback(stop_taking)
         try:
             async for event in manual.events():
                 await self._batches.put(event)
-                if self._processing.done():
-                    self._processing.result()  # a crash surfaces here and restarts the agent
+        except asyncio.CancelledError:
+            if processing.done() and not processing.cancelled():
+                failure = processing.exception()
+                if failure is not None:
+                    log.critical("the batch loop failed (%s); stopping", type(failure).__name__)
+                    raise failure from None
+            raise
         finally:
-            self._processing.cancel()
+            processing.remove_done_callback(stop_taking)
+            processing.cancel()
 
     async def _process(self, stream: Any) -> None:
         while True:

@@ -13,6 +13,7 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     TopicAuthorizationFailedError,
 )
+from faust.exceptions import NotReady, ProducerSendError
 
 from worker.batching import BatchRunner, EventBatches, is_outage
 from worker.budget import MemoryBudget
@@ -89,6 +90,8 @@ async def test_a_poison_event_alone_is_dead_lettered() -> None:
         TopicAuthorizationFailedError(),
         TimeoutError(),
         ConnectionResetError(),
+        OSError(28, "No space left on device"),
+        ProducerSendError("Error while sending"),
     ],
     ids=type,
 )
@@ -105,9 +108,30 @@ def test_what_counts_as_an_outage() -> None:
     assert is_outage(KafkaConnectionError())
     assert is_outage(MessageSizeTooLargeError())  # Kafka's refusal: never an event's fault
     assert is_outage(TimeoutError())
+    assert is_outage(OSError(28, "No space left on device"))  # RocksDB on a full disk
+    assert is_outage(ProducerSendError())  # Faust wraps Kafka's errors in it
+    assert is_outage(NotReady())
     assert not is_outage(ValueError())
     assert not is_outage(RecursionError())
     assert not is_outage(KeyError("x"))
+
+
+def test_an_outage_is_found_anywhere_in_the_chain_of_causes() -> None:
+    def raised(exc: Exception, cause: Exception | None = None) -> Exception:
+        try:
+            raise exc from cause
+        except Exception as caught:
+            return caught
+
+    assert is_outage(raised(RuntimeError("wrapped"), KafkaConnectionError()))
+    suppressed = ValueError("raised from None while handling an OSError")
+    suppressed.__context__ = OSError(5, "I/O error")
+    suppressed.__suppress_context__ = True
+    assert not is_outage(suppressed)  # a bug of ours, not the disk's
+    looped = ValueError("a")
+    looped.__context__ = ValueError("b")
+    looped.__context__.__context__ = looped
+    assert not is_outage(looped)
 
 
 async def test_a_dead_letter_that_cannot_be_written_is_retried() -> None:
@@ -175,3 +199,28 @@ async def test_a_stall_is_measured_only_while_events_wait() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_failure_of_the_batch_loop_stops_the_runner_even_while_input_waits() -> None:
+    # A failure outside a batch (here: acknowledging) left events unacknowledged
+    # forever; the runner formerly went on taking events, or waited for room
+    # that never came. It must raise, so that the worker stops and restarts.
+    memory = MemoryBudget(100)
+    run = BatchRunner(FakeProcessor(), 10, 0.001, memory, backoff_max_s=0.0)
+
+    class Broken(Exception):
+        pass
+
+    class Stream:
+        def noack(self) -> Stream:
+            return self
+
+        async def events(self):  # type: ignore[no-untyped-def]
+            for offset in range(10**6):
+                yield Event(offset, 60)  # the second waits for the first's bytes
+
+        async def ack(self, event: object) -> None:
+            raise Broken
+
+    with pytest.raises(Broken):
+        await asyncio.wait_for(run.run(Stream()), 5)

@@ -19,6 +19,7 @@ import pytest
 from worker.kinesis import KinesisWriter, PutReply, StreamSummary, WriterConfig
 from worker.membership import SegmentState, memberships_from_json
 from worker.pipeline import (
+    MAX_STATE_BYTES,
     BatchProcessor,
     BatchReport,
     DeadLetterSink,
@@ -1026,6 +1027,32 @@ async def test_state_over_the_changelog_limit_is_dead_lettered(world: World) -> 
     assert letter["reason"] == "state_too_large"
     assert report.outcomes == {"dead_lettered": 1}
     assert world.tables.profiles["p1"]["attributes"] == {"a": big}
+
+
+async def test_the_state_limit_leaves_room_for_kafkas_record_headers(world: World) -> None:
+    # A profile a few bytes under 1,000,000 once stored was formerly accepted,
+    # and Faust's producer (max request 1,000,000, headers included) refused
+    # its changelog message: the batch could only be retried.
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from faust.utils import json as faust_json
+
+    def stored_size(attributes: dict[str, Any]) -> int:
+        value = faust_json.dumps({"attributes": attributes, "identityMap": None})
+        key = faust_json.dumps("p1")
+        return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []))
+
+    overhead = stored_size({"a": ""})
+    report = await world.run(world.update("p1", {"a": "x" * (1_000_000 - overhead + 1)}))
+    [(_, letter)] = world.dead_letters.sent
+    assert letter["reason"] == "state_too_large"
+    assert report.outcomes == {"dead_lettered": 1}
+    # The largest state let through fits Faust's producer limit.
+    largest = "x" * (MAX_STATE_BYTES - len(b'p1{"attributes":{"a":""},"identityMap":null}'))
+    assert stored_size({"a": largest}) <= 1_000_000
+    world.clear()
+    report = await world.run(world.update("p1", {"a": largest}))
+    assert report.outcomes == {"no_export": 1}
+    assert world.dead_letters.sent == []
 
 
 async def test_a_failure_undoes_the_events_exports_too(world: World) -> None:
