@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from tests.integration.test_offsets import wait_committed_to_the_end
 from tests.integration.test_pipeline import (
@@ -27,7 +26,14 @@ from tests.integration.test_pipeline import (
     entered_then_left,
     ups,
 )
-from tests.support import Stack, consume_all, profile_update, qualification, run_sync
+from tests.support import (
+    Stack,
+    consume_all,
+    produce,
+    profile_update,
+    qualification,
+    run_sync,
+)
 
 # A dead letter's key + value, as worker.deadletters.MAX_BYTES promises; Kafka's
 # default limit (1,048,588 bytes a batch) is above it.
@@ -44,17 +50,6 @@ def nested(depth: int) -> Any:
 def deep_json(body: dict[str, Any]) -> bytes:
     """orjson refuses to write more than 255 levels; the standard library does not."""
     return json.dumps(body).encode()
-
-
-async def _produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(t, key=k, value=v) for t, k, v in messages]
-        for future in futures:
-            await future
-    finally:
-        await producer.stop()
 
 
 def test_hostile_events_mixed_with_traffic_are_dead_lettered_and_nothing_wedges(
@@ -130,7 +125,7 @@ def test_hostile_events_mixed_with_traffic_are_dead_lettered_and_nothing_wedges(
                 qualification("bad-ident", SEG_C, "realized", when, ecid("bad-ident")),
             )
         )
-        run_sync(_produce(stack.kafka_bootstrap, first_run))
+        run_sync(produce(stack.kafka_bootstrap, first_run))
         deployment.sent += len(first_run)
         deployment.wait_consumed()
 
@@ -145,14 +140,14 @@ def test_hostile_events_mixed_with_traffic_are_dead_lettered_and_nothing_wedges(
                 profile_update("bad-big", {"person": {"name": {"firstName": "f" * 600_000}}}),
             ),
         ]
-        run_sync(_produce(stack.kafka_bootstrap, updates))
+        run_sync(produce(stack.kafka_bootstrap, updates))
         deployment.sent += len(updates)
         deployment.wait_consumed()
         markers = [
             (q, b"bad-big", qualification("bad-big", SEG_C, "realized", when)),
             (q, b"bad-deep", qualification("bad-deep", SEG_C, "realized", when)),
         ]
-        run_sync(_produce(stack.kafka_bootstrap, markers))
+        run_sync(produce(stack.kafka_bootstrap, markers))
         deployment.sent += len(markers)
 
         # Every good record, in order per profile.
