@@ -1,9 +1,10 @@
-"""The Faust application: topics, tables, the agent, and the worker's web port.
+"""The Faust application: topics, tables, the agent, and the services around it.
 
 Faust carries consumption, offsets, rebalancing and table changelogs; the
-decisions are in :mod:`worker.pipeline`, which this module feeds one batch at a
-time. Both input topics go to ONE agent (concurrency 1): events of a profile
-are then handled in their order, and only that agent writes the tables.
+decisions are in :mod:`worker.pipeline`, which :mod:`worker.batching` feeds one
+batch at a time. Both input topics go to ONE agent (concurrency 1): events of a
+profile are then handled in their order, and only that agent writes the tables.
+This module only assembles those pieces.
 """
 
 from __future__ import annotations
@@ -12,201 +13,44 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 from mode import CrashingSupervisor, Service
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import __version__, logs, metrics
 from worker import faust as faust_fixes
+from worker import logs, metrics
 from worker.batching import BatchRunner
 from worker.budget import MemoryBudget
+from worker.faust.deadletters import DeadLetterTopic
 from worker.faust.repair import Repairs
 from worker.faust.tables import FaustTables
-from worker.kafka_client import broker_credentials, diagnose_connection, kafka_client_kwargs
+from worker.health import Health
+from worker.kafka_client import broker_credentials
 from worker.kinesis import AioBotoTransport, KinesisWriter, WriterConfig
 from worker.monitoring import StateSampler
 from worker.pipeline import BatchProcessor, Destination
-from worker.settings import ConfigError, Settings
+from worker.settings import Settings
+from worker.topics import TopicLayout, preflight
+from worker.web import WebServer
 
 log = logging.getLogger(__name__)
 
 
-class DeadLetterTopic:
-    def __init__(self, app: faust.App, topic: str) -> None:
-        self._app = app
-        self._topic = topic
+class Writers(Service):
+    """Starts the destinations' writers (each reads its stream's limits) and closes them."""
 
-    async def send(self, key: bytes | None, value: bytes) -> None:
-        await self._app.producer.send_and_wait(self._topic, key, value, None, None, None)
-
-
-@dataclass(frozen=True)
-class TopicLayout:
-    partitions: int
-
-
-async def preflight(settings: Settings) -> TopicLayout:
-    """Checks the input topics exist and are co-partitioned; creates the dead-letter topic."""
-    kafka = settings.kafka
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=kafka.bootstrap_servers,
-        request_timeout_ms=15_000,
-        **kafka_client_kwargs(kafka),
-    )
-    try:
-        await asyncio.wait_for(admin.start(), 30)
-    except Exception as exc:
-        # aiokafka says only "Unable to bootstrap"; name the key to fix when we can.
-        raise ConfigError(
-            await diagnose_connection(kafka)
-            or f"kafka.bootstrap_servers: cannot reach Kafka at {kafka.bootstrap_servers} ({exc!r})"
-        ) from None
-    try:
-        return await _check_topics(settings, admin)
-    except KafkaError as exc:
-        # A login the broker refused silently (OAUTHBEARER) shows up only here.
-        cause = await diagnose_connection(kafka)
-        raise ConfigError(cause or f"kafka: {exc!r}") from None
-    finally:
-        await admin.close()
-
-
-async def _check_topics(settings: Settings, admin: AIOKafkaAdminClient) -> TopicLayout:
-    """Input topics exist and are co-partitioned; creates the dead-letter topic."""
-    kafka = settings.kafka
-    described = await admin.describe_topics([kafka.qualifications_topic, kafka.profiles_topic])
-    counts: dict[str, int] = {}
-    for entry in described:
-        if entry["error_code"] != 0 or not entry["partitions"]:
-            key = (
-                "kafka.qualifications_topic"
-                if entry["topic"] == kafka.qualifications_topic
-                else "kafka.profiles_topic"
-            )
-            raise ConfigError(f"{key}: topic {entry['topic']!r} does not exist")
-        counts[entry["topic"]] = len(entry["partitions"])
-    q, p = counts[kafka.qualifications_topic], counts[kafka.profiles_topic]
-    if q != p:
-        raise ConfigError(
-            f"kafka.profiles_topic: {kafka.profiles_topic!r} has {p} partitions but "
-            f"{kafka.qualifications_topic!r} has {q}; co-partitioned topics need the same count"
-        )
-    existing = await admin.list_topics()
-    if kafka.dlq_topic not in existing:
-        await admin.create_topics([NewTopic(kafka.dlq_topic, q, kafka.replication_factor)])
-        log.info("created dead-letter topic %s", kafka.dlq_topic)
-    await _ensure_changelogs(admin, settings, q, existing)
-    return TopicLayout(partitions=q)
-
-
-async def _ensure_changelogs(
-    admin: Any, settings: Settings, partitions: int, existing: Any
-) -> None:
-    """Creates the tables' changelog topics if missing, and waits until Kafka lists them.
-
-    Faust creates them itself just before its consumer subscribes; on a fresh
-    app_id the consumer's first metadata can then miss one (the broker has not
-    published it yet). Faust assigns none of its partitions and refuses every
-    write to that table ("PartitionsMismatch: ... changelog topic ... has 0
-    partitions") until the consumer's next metadata refresh, 5 minutes later,
-    and a rebalance meanwhile hangs waiting for the batch it keeps retrying.
-    """
-    names = [f"{settings.app_id}-{table}-changelog" for table in ("profiles", "memberships")]
-    missing = [name for name in names if name not in existing]
-    if missing:
-        compact = {"cleanup.policy": "compact"}
-        await admin.create_topics(
-            [
-                NewTopic(n, partitions, settings.kafka.replication_factor, topic_configs=compact)
-                for n in missing
-            ]
-        )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
-        described = await admin.describe_topics(names)
-        if all(e["error_code"] == 0 and len(e["partitions"]) == partitions for e in described):
-            return
-        if loop.time() > deadline:
-            raise ConfigError(f"app_id: changelog topics {names} not visible in Kafka after 30s")
-        await asyncio.sleep(0.2)
-
-
-class WebServer(Service):
-    """/metrics, /healthz and /readyz; up from start-up, before table recovery."""
-
-    def __init__(
-        self,
-        app: faust.App,
-        host: str,
-        port: int,
-        writers: Sequence[KinesisWriter],
-        repairs: Repairs | None = None,
-        stalled_s: Callable[[], float] = lambda: 0.0,
-        stall_timeout_s: float = float("inf"),
-    ) -> None:
+    def __init__(self, writers: Sequence[KinesisWriter]) -> None:
         super().__init__()
-        self.app = app
-        self.repairs = repairs
-        self.stalled_s = stalled_s
-        self.stall_timeout_s = stall_timeout_s
-        self.host = host
-        self.port = port
         self.writers = writers
-        self._runner: web.AppRunner | None = None
-
-    def ready(self) -> tuple[bool, str]:
-        tables: Any = self.app.tables
-        if not tables.recovery.completed.is_set() or self.app.rebalancing:
-            return False, "tables recovering"
-        for writer in self.writers:
-            if not writer.writable:
-                return False, f"stream {writer.stream} not writable"
-        return True, "ready"
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        ok, _ = self.ready()
-        metrics.READY.set(1 if ok else 0)
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        if self.repairs is not None and self.repairs.stuck:
-            return web.json_response({"status": "stuck: lag waiting, no event fetched"}, status=503)
-        stalled = self.stalled_s()
-        if stalled > self.stall_timeout_s:
-            return web.json_response(
-                {"status": f"stuck: no batch completed for {stalled:.0f}s with events waiting"},
-                status=503,
-            )
-        return web.json_response({"status": "alive"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        ok, why = self.ready()
-        return web.json_response({"ready": ok, "detail": why}, status=200 if ok else 503)
 
     async def on_start(self) -> None:
         for writer in self.writers:
-            await writer.start()  # reads each stream's record size limit
-        application = web.Application()
-        application.router.add_get("/metrics", self._metrics)
-        application.router.add_get("/healthz", self._healthz)
-        application.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(application, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        log.info("serving /metrics, /healthz, /readyz on %s:%d", self.host, self.port)
+            await writer.start()
 
     async def on_stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
         for writer in self.writers:
             await writer.close()
 
@@ -290,7 +134,9 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     profiles = app.Table("profiles", partitions=layout.partitions, key_type=str)
     memberships = app.Table("memberships", partitions=layout.partitions, key_type=str)
 
-    _initial_metrics(settings)
+    metrics.start_series(
+        kafka.qualifications_topic, kafka.profiles_topic, settings.app_id, runtime.store
+    )
     destinations = []
     for destination in settings.destinations:
         observer = metrics.DeliveryMetrics(destination.name, destination.stream, destination.region)
@@ -332,38 +178,14 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     faust_fixes.fetch.SPANS.track(input_topics)
     sampler = StateSampler(app, {"profiles": profiles, "memberships": memberships}, input_topics)
     repairs = Repairs(app, input_topics, runner.activity, sampler.lag_total)
+    health = Health(app, writers, repairs, runner.stalled_s, runtime.stall_timeout_s)
     services: list[Service] = [
-        WebServer(
-            app,
-            runtime.web_host,
-            runtime.web_port,
-            writers,
-            repairs,
-            runner.stalled_s,
-            runtime.stall_timeout_s,
-        ),
+        Writers(writers),
+        WebServer(runtime.web_host, runtime.web_port, health.ready, health.alive),
         sampler,
         repairs,
     ]
     return app, services
-
-
-def _initial_metrics(settings: Settings) -> None:
-    """Series known in advance exist from the first scrape, at 0: a counter that
-    appears at 1 has no increase() to alert on."""
-    kafka = settings.kafka
-    metrics.WORKER_INFO.labels(
-        version=__version__, app_id=settings.app_id, store=settings.runtime.store
-    ).set(1)
-    for outcome in metrics.QUALIFICATION_OUTCOMES:
-        metrics.EVENTS.labels(topic=kafka.qualifications_topic, outcome=outcome)
-    for outcome in metrics.PROFILE_UPDATE_OUTCOMES:
-        metrics.EVENTS.labels(topic=kafka.profiles_topic, outcome=outcome)
-    for reason in metrics.DEAD_LETTER_REASONS:
-        metrics.DEAD_LETTERS.labels(reason=reason)
-    for topic in (kafka.qualifications_topic, kafka.profiles_topic):
-        metrics.HOLE_REPLAYS.labels(topic=topic)
-    metrics.READY.set(0)
 
 
 def run(settings: Settings) -> int:

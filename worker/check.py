@@ -7,10 +7,10 @@ import sys
 from aiokafka.errors import KafkaError
 
 from worker import logs
-from worker.app import preflight
 from worker.kafka_client import diagnose_connection
 from worker.kinesis import AioBotoTransport, TransportError
 from worker.settings import ConfigError, Settings
+from worker.topics import preflight
 
 
 async def check(settings: Settings) -> int:

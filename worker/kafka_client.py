@@ -25,9 +25,8 @@ import asyncio
 import ssl
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faust
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
@@ -39,6 +38,9 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
 from worker.settings import ConfigError, KafkaSettings
+
+if TYPE_CHECKING:
+    import faust.auth
 
 # Tokens are valid 15 minutes (the signer's fixed expiry); one is reused for new
 # connections for at most this long, so a burst of connects signs once.
@@ -101,6 +103,8 @@ def kafka_client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
 
 def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
     """Faust's ``broker_credentials`` for these settings; None for PLAINTEXT."""
+    import faust  # here: ``check`` and the configuration never load Faust
+
     context = ssl_context(kafka)
     mechanism = kafka.sasl_mechanism
     if kafka.security_protocol == "PLAINTEXT":

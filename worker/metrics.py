@@ -270,3 +270,20 @@ class DeliveryMetrics(WriterObserver):
 
     def pending(self, records: int) -> None:
         self._pending.set(records)
+
+
+def start_series(qualifications_topic: str, profiles_topic: str, app_id: str, store: str) -> None:
+    """Creates the series known in advance, at 0, before the first scrape: a
+    counter that appears at 1 has no increase() to alert on."""
+    from worker import __version__
+
+    WORKER_INFO.labels(version=__version__, app_id=app_id, store=store).set(1)
+    for outcome in QUALIFICATION_OUTCOMES:
+        EVENTS.labels(topic=qualifications_topic, outcome=outcome)
+    for outcome in PROFILE_UPDATE_OUTCOMES:
+        EVENTS.labels(topic=profiles_topic, outcome=outcome)
+    for reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERS.labels(reason=reason)
+    for topic in (qualifications_topic, profiles_topic):
+        HOLE_REPLAYS.labels(topic=topic)
+    READY.set(0)
