@@ -23,6 +23,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import REGISTRY
 
 LOCAL_AWS = {
     "aws_access_key_id": "testing",
@@ -54,6 +55,12 @@ StreamFactory = Callable[..., str]
 
 
 T = TypeVar("T")
+
+
+def metric_value(name: str, **labels: str) -> float:
+    """A sample of this process's Prometheus registry; 0 when the series does not exist."""
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
