@@ -1,15 +1,21 @@
-"""Merging partial profile updates and selecting XDM paths."""
+"""Merging partial profile updates and selecting XDM paths.
+
+The worker's functions are checked against the examples below and, on generated
+profiles and patches, against the reference model of the contract (`reference.xdm`,
+shared with `make demo`); the examples hold for the reference model too.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import json
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reference import xdm as ref
 from worker.xdm import (
     compile_path,
     compile_paths,
@@ -81,6 +87,7 @@ def test_deep_merge(
     assert merged is not stored
     assert stored == before_stored
     assert patch == before_patch
+    assert ref.merge(stored, patch) == expected
 
 
 def test_deep_merge_keeps_key_order() -> None:
@@ -146,6 +153,7 @@ def test_project(paths: list[str], expected: dict[str, Any]) -> None:
     assert project(STORED, paths) == expected
     assert project(STORED, compile_paths(paths)) == expected
     assert before == STORED
+    assert ref.project(STORED, paths) == expected
 
 
 def test_project_follows_path_order() -> None:
@@ -179,6 +187,7 @@ def test_project_keeps_falsy_values() -> None:
 )
 def test_get_path(path: str | tuple[str, ...], expected: Any) -> None:
     assert get_path(STORED, path) == expected
+    assert ref.get_path(STORED, path) == (ref.MISSING if expected is None else expected)
 
 
 @pytest.mark.parametrize("path", ["", ".", "a.", ".a", "a..b"])
@@ -216,6 +225,7 @@ def test_selected_values_differ(
 ) -> None:
     assert selected_values_differ(before, after, paths) is differ
     assert selected_values_differ(before, after, compile_paths(paths)) is differ
+    assert ref.values_differ(before, after, paths) is differ
 
 
 @pytest.mark.parametrize(
@@ -237,6 +247,7 @@ def test_selected_values_differ(
 def test_same_value(a: Any, b: Any, same: bool) -> None:
     assert same_value(a, b) is same
     assert same_value(b, a) is same
+    assert ref.same_value(a, b) is same
 
 
 # --- properties -------------------------------------------------------------------
@@ -264,24 +275,6 @@ _profiles = _patches.map(_stored)
 _paths = st.lists(st.lists(_keys, min_size=1, max_size=3).map(".".join), max_size=5)
 
 
-def _apply_model(stored: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain, mutating reference implementation of the merge rules."""
-    out = copy.deepcopy(dict(stored))
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict):
-            base = out.get(key)
-            merged = _apply_model(base if isinstance(base, dict) else {}, value)
-            if merged:
-                out[key] = merged
-            elif isinstance(base, dict):
-                out.pop(key)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 @_relaxed
 @given(_profiles)
 def test_merge_with_empty_patch_is_identity(stored: dict[str, Any]) -> None:
@@ -300,7 +293,7 @@ def test_merge_never_mutates(stored: dict[str, Any], patch: dict[str, Any]) -> N
 @_relaxed
 @given(_profiles, _patches)
 def test_merge_matches_reference(stored: dict[str, Any], patch: dict[str, Any]) -> None:
-    assert deep_merge(stored, patch) == _apply_model(stored, patch)
+    assert deep_merge(stored, patch) == ref.merge(stored, patch)
 
 
 @_relaxed
@@ -335,9 +328,9 @@ def test_merge_then_project(
     projected = project(merged, paths)
     expected: dict[str, Any] = {}
     for path in paths:
-        value = get_path(_apply_model(stored, patch), path, KeyError)
-        if value is KeyError:
-            assert get_path(projected, path, KeyError) is KeyError
+        value = ref.get_path(ref.merge(stored, patch), path)
+        if value is ref.MISSING:
+            assert get_path(projected, path, ref.MISSING) is ref.MISSING
             continue
         # Each selected value sits at its own path, unchanged.
         assert same_value(get_path(projected, path), value)
@@ -360,3 +353,39 @@ def test_project_is_a_subtree(stored: dict[str, Any], paths: list[str]) -> None:
     projected = project(stored, paths)
     assert deep_merge(stored, projected) == stored
     assert not selected_values_differ(stored, projected, paths)
+
+
+@_relaxed
+@given(_profiles, _paths)
+def test_project_matches_reference(stored: dict[str, Any], paths: list[str]) -> None:
+    projected = project(stored, paths)
+    expected = ref.project(stored, paths)
+    assert projected == expected
+    assert json.dumps(projected) == json.dumps(expected)  # key order too
+
+
+@_relaxed
+@given(_profiles, _patches, _paths)
+def test_selected_values_differ_matches_reference(
+    stored: dict[str, Any], patch: dict[str, Any], paths: list[str]
+) -> None:
+    merged = deep_merge(stored, patch)
+    assert selected_values_differ(stored, merged, paths) is ref.values_differ(stored, merged, paths)
+
+
+# Few, look-alike values (1, 1.0, true), so that equal and unequal pairs both come up.
+_look_alike = st.recursive(
+    st.sampled_from([0, 1, 1.0, True, False, None, "1"]),
+    lambda children: (
+        st.lists(children, max_size=2)
+        | st.dictionaries(st.sampled_from("ab"), children, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+@_relaxed
+@given(_look_alike, _look_alike)
+def test_same_value_matches_reference(a: Any, b: Any) -> None:
+    assert same_value(a, b) is ref.same_value(a, b)
+    assert ref.same_value(a, copy.deepcopy(a))
