@@ -76,7 +76,7 @@ test: lint tools deploy-tools
 	$(WITH_STACK) $(PY) -m pytest tests -q -p no:cacheprovider
 
 demo: venv
-	$(WITH_STACK) $(PY) deploy/local/demo.py
+	$(WITH_STACK) $(PY) -m deploy.local.demo
 
 clean: stack-down
 	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache
