@@ -22,6 +22,7 @@ from faust.exceptions import FaustError
 from worker import metrics
 from worker.budget import MemoryBudget
 from worker.pipeline import InputMessage
+from worker.vocabulary import DeadLetterReason
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 class Processor(Protocol):
     async def process(self, messages: Sequence[InputMessage]) -> Any: ...
 
-    async def dead_letter(self, message: InputMessage, reason: str, detail: str) -> None: ...
+    async def dead_letter(
+        self, message: InputMessage, reason: DeadLetterReason, detail: str
+    ) -> None: ...
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -260,7 +263,7 @@ class BatchRunner:
         )
         detail = f"{type(failure).__name__} while processing the event: {failure}"
         try:
-            await self._processor.dead_letter(message, "internal_error", detail)
+            await self._processor.dead_letter(message, DeadLetterReason.INTERNAL_ERROR, detail)
         except Exception as exc:
             log.warning("dead letter not written (%s: %s)", type(exc).__name__, exc)
             return False

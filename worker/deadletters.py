@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from worker.vocabulary import DeadLetterReason
+
 # Key + value of one dead letter. Kafka's default limit is 1,048,576 bytes for
 # a producer request and 1,048,588 for a record batch on the broker; what is
 # left is room for the record and batch headers.
@@ -34,7 +36,7 @@ class DeadLetter:
 
     key: bytes | None
     value: bytes
-    reason: str
+    reason: DeadLetterReason
 
     @property
     def size(self) -> int:
@@ -91,7 +93,7 @@ def payload_fields(value: bytes | None, budget: int) -> dict[str, Any]:
 
 def build(
     key: bytes | None,
-    reason: str,
+    reason: DeadLetterReason,
     detail: str | None,
     payload: bytes | None,
     source: dict[str, Any],

@@ -13,16 +13,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeAlias, cast
+from typing import Any, Final, TypeAlias, cast
 
 import orjson
+
+from worker.vocabulary import DeadLetterReason as Reason
+from worker.vocabulary import Status
 
 __all__ = [
     "BadEvent",
     "IdentityMap",
     "ProfileUpdate",
     "Qualification",
-    "Status",
     "decode_key",
     "format_time",
     "parse_identity_map",
@@ -31,10 +33,9 @@ __all__ = [
     "parse_time",
 ]
 
-Status: TypeAlias = Literal["realized", "existing", "exited"]
 IdentityMap: TypeAlias = dict[str, list[dict[str, Any]]]
 
-_STATUSES: Final[frozenset[str]] = frozenset(("realized", "existing", "exited"))
+_STATUS_VALUES: Final = frozenset(Status)
 
 # RFC 3339 date-time (seconds required, zone required). datetime.fromisoformat
 # alone would also take ISO forms RFC 3339 forbids (no seconds, basic format,
@@ -49,13 +50,11 @@ _RFC3339: Final = re.compile(
 class BadEvent(Exception):
     """An input event that can never be processed; the caller dead-letters it.
 
-    ``reason`` is a short stable machine code (metrics label, DLQ field):
-    ``missing_key``, ``invalid_key``, ``key_mismatch``, ``missing_value``,
-    ``invalid_json``, ``not_an_object``, ``missing_field``, ``invalid_field``,
-    ``invalid_status``, ``invalid_time``. ``detail`` is for humans.
+    ``reason`` is the stable machine code (metrics label, dead letter field);
+    ``detail`` is for humans.
     """
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         # Both in args so the exception pickles and reprs faithfully.
         super().__init__(reason, detail)
         self.reason = reason
@@ -90,7 +89,7 @@ def parse_time(s: str, field_name: str = "time") -> datetime:
     """
     if not _RFC3339.fullmatch(s):
         raise BadEvent(
-            "invalid_time",
+            Reason.INVALID_TIME,
             f"{field_name} {s!r} is not an RFC 3339 date-time with a zone",
         )
     if s[-1] == "z":  # fromisoformat only knows the upper-case form
@@ -100,7 +99,9 @@ def parse_time(s: str, field_name: str = "time") -> datetime:
     except (ValueError, OverflowError):
         # Out-of-range fields (month 13, hour 25...) or a UTC instant
         # outside datetime's range.
-        raise BadEvent("invalid_time", f"{field_name} {s!r} is not a valid date-time") from None
+        raise BadEvent(
+            Reason.INVALID_TIME, f"{field_name} {s!r} is not a valid date-time"
+        ) from None
 
 
 def format_time(dt: datetime) -> str:
@@ -115,11 +116,11 @@ def format_time(dt: datetime) -> str:
 def decode_key(key: bytes | None) -> str:
     """The profile id carried by a Kafka key (raw UTF-8, no JSON quoting)."""
     if not key:
-        raise BadEvent("missing_key", "the Kafka key (profile id) is missing or empty")
+        raise BadEvent(Reason.MISSING_KEY, "the Kafka key (profile id) is missing or empty")
     try:
         return key.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadEvent("invalid_key", "the Kafka key is not valid UTF-8") from None
+        raise BadEvent(Reason.INVALID_KEY, "the Kafka key is not valid UTF-8") from None
 
 
 def parse_identity_map(value: Any, field_name: str = "identityMap") -> IdentityMap:
@@ -128,16 +129,18 @@ def parse_identity_map(value: Any, field_name: str = "identityMap") -> IdentityM
     Extra keys of an identity (authenticatedState, primary...) are kept.
     """
     if not isinstance(value, dict):
-        raise BadEvent("invalid_field", f"{field_name} must be an object")
+        raise BadEvent(Reason.INVALID_FIELD, f"{field_name} must be an object")
     for namespace, identities in value.items():
         if not isinstance(identities, list):
-            raise BadEvent("invalid_field", f"{field_name}.{namespace} must be a list")
+            raise BadEvent(Reason.INVALID_FIELD, f"{field_name}.{namespace} must be a list")
         for i, identity in enumerate(identities):
             if not isinstance(identity, dict):
-                raise BadEvent("invalid_field", f"{field_name}.{namespace}[{i}] must be an object")
+                raise BadEvent(
+                    Reason.INVALID_FIELD, f"{field_name}.{namespace}[{i}] must be an object"
+                )
             if not isinstance(identity.get("id"), str):
                 raise BadEvent(
-                    "invalid_field", f"{field_name}.{namespace}[{i}].id must be a string"
+                    Reason.INVALID_FIELD, f"{field_name}.{namespace}[{i}].id must be a string"
                 )
     return cast(IdentityMap, value)
 
@@ -146,18 +149,20 @@ def _load_object(value: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise BadEvent("invalid_json", f"the value is not valid JSON ({exc})") from None
+        raise BadEvent(Reason.INVALID_JSON, f"the value is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
-        raise BadEvent("not_an_object", f"the value is a JSON {type(body).__name__}, not an object")
+        raise BadEvent(
+            Reason.NOT_AN_OBJECT, f"the value is a JSON {type(body).__name__}, not an object"
+        )
     return body
 
 
 def _required_str(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if value is None:
-        raise BadEvent("missing_field", f"{name} is missing")
+        raise BadEvent(Reason.MISSING_FIELD, f"{name} is missing")
     if not isinstance(value, str) or not value:
-        raise BadEvent("invalid_field", f"{name} must be a non-empty string")
+        raise BadEvent(Reason.INVALID_FIELD, f"{name} must be a non-empty string")
     return value
 
 
@@ -168,7 +173,7 @@ def _profile_id(key: bytes | None, body: dict[str, Any]) -> str:
         # Keyed elsewhere, it would land in another partition than the
         # profile's other events: co-partitioning (and ordering) would break.
         raise BadEvent(
-            "key_mismatch",
+            Reason.KEY_MISMATCH,
             f"profileId {profile_id!r} differs from the Kafka key {key_id!r}",
         )
     return profile_id
@@ -179,7 +184,7 @@ def _time_field(body: dict[str, Any], name: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise BadEvent("invalid_field", f"{name} must be a string")
+        raise BadEvent(Reason.INVALID_FIELD, f"{name} must be a string")
     return parse_time(value, name)
 
 
@@ -191,25 +196,25 @@ def _optional_identity_map(body: dict[str, Any]) -> IdentityMap | None:
 def parse_qualification(key: bytes | None, value: bytes | None) -> Qualification:
     """A ``segment-qualifications`` event; raises ``BadEvent``."""
     if not value:
-        raise BadEvent("missing_value", "a qualification event has no value")
+        raise BadEvent(Reason.MISSING_VALUE, "a qualification event has no value")
     body = _load_object(value)
     profile_id = _profile_id(key, body)
     segment_id = _required_str(body, "segmentId")
     status = body.get("status")
     if status is None:
-        raise BadEvent("missing_field", "status is missing")
-    if not isinstance(status, str) or status not in _STATUSES:
+        raise BadEvent(Reason.MISSING_FIELD, "status is missing")
+    if not isinstance(status, str) or status not in _STATUS_VALUES:
         raise BadEvent(
-            "invalid_status",
+            Reason.INVALID_STATUS,
             f"status {status!r} is not one of 'realized', 'existing', 'exited'",
         )
     qualification_time = _time_field(body, "qualificationTime")
     if qualification_time is None:
-        raise BadEvent("missing_field", "qualificationTime is missing")
+        raise BadEvent(Reason.MISSING_FIELD, "qualificationTime is missing")
     return Qualification(
         profile_id=profile_id,
         segment_id=segment_id,
-        status=cast(Status, status),
+        status=Status(status),
         qualification_time=qualification_time,
         identity_map=_optional_identity_map(body),
     )
@@ -230,7 +235,7 @@ def parse_profile_update(key: bytes | None, value: bytes | None) -> ProfileUpdat
     if attributes is None:
         attributes = {}
     elif not isinstance(attributes, dict):
-        raise BadEvent("invalid_field", "attributes must be an object")
+        raise BadEvent(Reason.INVALID_FIELD, "attributes must be an object")
     return ProfileUpdate(
         profile_id=profile_id,
         update_time=_time_field(body, "updateTime"),

@@ -3,39 +3,29 @@
 ``RecordFormat`` is the API: build one per destination at startup (it
 precomputes the segment order, the per-segment name/timestamp fields and the
 compiled attribute paths), then call ``build`` / ``partition_key`` per event.
-``build_record`` and the module-level ``partition_key`` are thin conveniences
-that do the same without the precomputation.
+The destination's settings are valid by then (worker.settings checks them).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any
 
 import orjson
 
 from worker.events import format_time
+from worker.kinesis import MAX_PARTITION_KEY_CHARS
 from worker.membership import SegmentState
 from worker.settings import DestinationSettings, SegmentSettings
+from worker.vocabulary import Status
 from worker.xdm import Path, compile_paths, project
 
 __all__ = [
-    "MAX_PARTITION_KEY_LENGTH",
-    "ExportedStatus",
     "RecordFormat",
-    "build_record",
     "encode",
     "partition_key",
 ]
-
-ExportedStatus: TypeAlias = Literal["realized", "exited"]
-
-MAX_PARTITION_KEY_LENGTH: Final = 256  # Kinesis limit, in Unicode code points
-
-# Top-level keys the record itself owns; a selected attribute there would
-# be overwritten (and its key moved), so it is refused up front.
-_RESERVED: Final = frozenset(("segmentMembership", "identityMap"))
 
 
 def _segment_extras(
@@ -57,23 +47,12 @@ def _segment_extras(
 
 
 class RecordFormat:
-    """One destination's record format, precomputed from its settings.
-
-    Raises ``ValueError`` for a mapping that cannot produce valid records: an
-    attribute path that is malformed or under ``segmentMembership`` /
-    ``identityMap``, or a segment mapped twice.
-    """
+    """One destination's record format, precomputed from its (valid) settings."""
 
     __slots__ = ("_segments", "attribute_paths", "namespaces", "segment_ids")
 
     def __init__(self, destination: DestinationSettings) -> None:
         self.attribute_paths: tuple[Path, ...] = compile_paths(destination.attributes)
-        for path in self.attribute_paths:
-            if path[0] in _RESERVED:
-                raise ValueError(
-                    f"destination {destination.name!r}: attribute {'.'.join(path)!r} "
-                    f"collides with the record's own {path[0]!r}"
-                )
         self.namespaces: tuple[str, ...] = tuple(destination.partition_key_namespaces)
         self._segments: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = tuple(
             (
@@ -84,10 +63,7 @@ class RecordFormat:
             )
             for s in destination.segments
         )
-        ids = [s.id for s in destination.segments]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"destination {destination.name!r} maps a segment twice")
-        self.segment_ids: frozenset[str] = frozenset(ids)
+        self.segment_ids: frozenset[str] = frozenset(s.id for s in destination.segments)
 
     def maps(self, segment_id: str) -> bool:
         return segment_id in self.segment_ids
@@ -97,7 +73,7 @@ class RecordFormat:
         attributes: Mapping[str, Any],
         identity_map: Mapping[str, Any] | None,
         memberships: Mapping[str, SegmentState],
-        changed: Mapping[str, ExportedStatus],
+        changed: Mapping[str, Status],
     ) -> dict[str, Any] | None:
         """The record's JSON object, or ``None`` when it would hold no segment.
 
@@ -111,11 +87,11 @@ class RecordFormat:
         ups: dict[str, Any] = {}
         for segment_id, extras in self._segments:
             state = memberships.get(segment_id)
-            status: str | None = changed.get(segment_id)
+            status = changed.get(segment_id)
             if status is None:
                 if state is None or not state.member:
                     continue
-                status = "existing"
+                status = Status.EXISTING
             elif state is None:
                 raise ValueError(f"segment {segment_id!r} changed but has no stored state")
             entry: dict[str, Any] = {
@@ -136,17 +112,6 @@ class RecordFormat:
         return partition_key(identity_map, self.namespaces, profile_id)
 
 
-def build_record(
-    destination: DestinationSettings,
-    attributes: Mapping[str, Any],
-    identity_map: Mapping[str, Any] | None,
-    memberships: Mapping[str, SegmentState],
-    changed: Mapping[str, ExportedStatus],
-) -> dict[str, Any] | None:
-    """``RecordFormat(destination).build(...)``: convenient, but recomputes the format."""
-    return RecordFormat(destination).build(attributes, identity_map, memberships, changed)
-
-
 def partition_key(
     identity_map: Mapping[str, Any] | None, namespaces: Sequence[str], profile_id: str
 ) -> str:
@@ -160,7 +125,7 @@ def partition_key(
     key = _first_identity(identity_map, namespaces) if identity_map else None
     if key is None:
         key = profile_id
-    if len(key) > MAX_PARTITION_KEY_LENGTH:
+    if len(key) > MAX_PARTITION_KEY_CHARS:
         return hashlib.sha256(key.encode("utf-8")).hexdigest()
     if not key:
         raise ValueError("empty partition key: no identity in the namespaces and no profile id")

@@ -9,18 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, TypeAlias
 
-from worker.events import Status
+from worker.vocabulary import QualificationOutcome as Outcome
+from worker.vocabulary import Status
 
 __all__ = [
     "Memberships",
-    "Outcome",
     "SegmentState",
     "Transition",
     "apply_qualification",
-    "current_members",
     "memberships_from_json",
     "memberships_to_json",
 ]
@@ -36,19 +34,11 @@ Memberships: TypeAlias = Mapping[str, SegmentState]
 """Segment id -> state: the stored membership of one profile."""
 
 
-class Outcome(StrEnum):
-    EXPORTED = "exported"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-    UNMAPPED = "unmapped"
-    NOT_MEMBER = "not_member"  # an ``exited`` for a profile that is not a member
-
-
 @dataclass(frozen=True, slots=True)
 class Transition:
     outcome: Outcome
     memberships: dict[str, SegmentState]  # the state to store (a new dict)
-    exported_status: Literal["realized", "exited"] | None
+    exported_status: Status | None  # realized or exited
     changed: bool  # whether memberships differs from the input and must be written
 
 
@@ -57,23 +47,20 @@ def apply_qualification(
     segment_id: str,
     status: Status,
     qualification_time: datetime,
-    mapped: bool,
 ) -> Transition:
-    """Apply one qualification event to a profile's memberships."""
-    if not mapped:
-        return Transition(Outcome.UNMAPPED, dict(memberships), None, False)
+    """Apply one qualification event (of a mapped segment) to a profile's memberships."""
     previous = memberships.get(segment_id)
     if previous is not None and qualification_time < previous.last_qualification_time:
         # Strictly older only: an equal time is a legitimate re-evaluation.
         return Transition(Outcome.STALE, dict(memberships), None, False)
 
     was_member = previous is not None and previous.member
-    is_member = status != "exited"
-    exported: Literal["realized", "exited"] | None
+    is_member = status != Status.EXITED
+    exported: Status | None
     if is_member and not was_member:
-        outcome, exported = Outcome.EXPORTED, "realized"
+        outcome, exported = Outcome.EXPORTED, Status.REALIZED
     elif was_member and not is_member:
-        outcome, exported = Outcome.EXPORTED, "exited"
+        outcome, exported = Outcome.EXPORTED, Status.EXITED
     elif is_member:
         outcome, exported = Outcome.DUPLICATE, None
     else:
@@ -85,11 +72,6 @@ def apply_qualification(
     new = dict(memberships)
     new[segment_id] = state
     return Transition(outcome, new, exported, state != previous)
-
-
-def current_members(memberships: Memberships) -> list[str]:
-    """Ids of the segments the profile is a member of, in stored order."""
-    return [segment_id for segment_id, state in memberships.items() if state.member]
 
 
 # Table values are JSON: {segment id: [member, epoch microseconds]}. Integer

@@ -11,36 +11,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from worker.kinesis import CallReport, TransportError, WriterObserver
-
-QUALIFICATION_OUTCOMES = (
-    "exported",
-    "duplicate",
-    "stale",
-    "unmapped",
-    "not_member",
-    "dead_lettered",
-)
-PROFILE_UPDATE_OUTCOMES = ("exported", "no_export", "deleted", "dead_lettered")
-DEAD_LETTER_REASONS = (
-    # bad input events (worker.events.BadEvent)
-    "missing_key",
-    "invalid_key",
-    "key_mismatch",
-    "missing_value",
-    "invalid_json",
-    "not_an_object",
-    "missing_field",
-    "invalid_field",
-    "invalid_status",
-    "invalid_time",
-    # events whose result cannot be stored or sent
-    "unencodable",
-    "state_too_large",
-    "internal_error",
-    # records Kinesis can never accept (worker.kinesis)
-    "record_too_large",
-    "invalid_partition_key",
-    "rejected_by_kinesis",
+from worker.vocabulary import (
+    DeadLetterReason,
+    ExportStatus,
+    ProfileUpdateOutcome,
+    QualificationOutcome,
 )
 
 # -- input -------------------------------------------------------------------------
@@ -214,7 +189,7 @@ class DeliveryMetrics(WriterObserver):
         self.destination = destination
         DESTINATION_INFO.labels(destination=destination, stream=stream, region=region).set(1)
         # Label sets known at start exist from the first scrape, at 0.
-        for status in ("realized", "existing", "exited", "updated"):
+        for status in ExportStatus:
             EXPORTS.labels(destination=destination, status=status)
         RATE_LIMIT_WAIT.labels(destination=destination)
         STREAM_WRITABLE.labels(destination=destination).set(0)
@@ -278,11 +253,11 @@ def start_series(qualifications_topic: str, profiles_topic: str, app_id: str, st
     from worker import __version__
 
     WORKER_INFO.labels(version=__version__, app_id=app_id, store=store).set(1)
-    for outcome in QUALIFICATION_OUTCOMES:
+    for outcome in QualificationOutcome:
         EVENTS.labels(topic=qualifications_topic, outcome=outcome)
-    for outcome in PROFILE_UPDATE_OUTCOMES:
-        EVENTS.labels(topic=profiles_topic, outcome=outcome)
-    for reason in DEAD_LETTER_REASONS:
+    for update in ProfileUpdateOutcome:
+        EVENTS.labels(topic=profiles_topic, outcome=update)
+    for reason in DeadLetterReason:
         DEAD_LETTERS.labels(reason=reason)
     for topic in (qualifications_topic, profiles_topic):
         HOLE_REPLAYS.labels(topic=topic)

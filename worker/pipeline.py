@@ -28,10 +28,7 @@ from worker.deadletters import DeadLetter
 from worker.events import BadEvent, ProfileUpdate, Qualification, parse_profile_update
 from worker.events import parse_qualification as parse_qualification_event
 from worker.export import RecordFormat, encode
-from worker.kinesis import KinesisWriter, Outcome, Record
-from worker.membership import (
-    Outcome as MembershipOutcome,
-)
+from worker.kinesis import KinesisWriter, Outcome, Record, Rejection
 from worker.membership import (
     SegmentState,
     apply_qualification,
@@ -39,6 +36,14 @@ from worker.membership import (
     memberships_to_json,
 )
 from worker.settings import DestinationSettings, Settings
+from worker.vocabulary import DeadLetterReason as Reason
+from worker.vocabulary import (
+    EventOutcome,
+    ExportStatus,
+    ProfileUpdateOutcome,
+    QualificationOutcome,
+    Status,
+)
 from worker.xdm import deep_merge, same_value, selected_values_differ
 
 log = logging.getLogger(__name__)
@@ -124,7 +129,7 @@ class _Export:
     destination: int
     record: Record
     message: InputMessage
-    status: str
+    status: ExportStatus
 
 
 @dataclass(slots=True)
@@ -141,10 +146,13 @@ class _Batch:
 
 @dataclass(slots=True)
 class BatchReport:
+    """What one call of ``process`` did: events by outcome, records accepted,
+    dead letters written (those of a retried batch count again)."""
+
     events: int = 0
     exports: int = 0
     dead_letters: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[EventOutcome, int] = field(default_factory=dict)
 
 
 class Destination:
@@ -176,7 +184,7 @@ class BatchProcessor:
     async def process(self, messages: Sequence[InputMessage]) -> BatchReport:
         report = BatchReport(events=len(messages))
         batch = _Batch()
-        handled: list[tuple[str, str]] = []
+        handled: list[tuple[str, EventOutcome]] = []
         try:
             for message in messages:
                 outcome = self._apply(message, batch)
@@ -195,14 +203,19 @@ class BatchProcessor:
             metrics.EVENTS.labels(topic=topic, outcome=outcome).inc()
         return report
 
-    async def dead_letter(self, message: InputMessage, reason: str, detail: str) -> None:
+    async def dead_letter(self, message: InputMessage, reason: Reason, detail: str) -> None:
         """Dead-letters ``message`` alone (a poison event isolated by the caller)."""
         letter = _dead_letter(message, reason, detail, message.value)
         await self._dead_letters.send(letter.key, letter.value)
         metrics.DEAD_LETTERS.labels(reason=reason).inc()
-        metrics.EVENTS.labels(topic=message.topic, outcome="dead_lettered").inc()
+        metrics.EVENTS.labels(topic=message.topic, outcome=self._dead_lettered(message)).inc()
 
-    def _apply(self, message: InputMessage, batch: _Batch) -> str:
+    def _dead_lettered(self, message: InputMessage) -> EventOutcome:
+        if message.topic == self._profiles_topic:
+            return ProfileUpdateOutcome.DEAD_LETTERED
+        return QualificationOutcome.DEAD_LETTERED
+
+    def _apply(self, message: InputMessage, batch: _Batch) -> EventOutcome:
         """Handles one event: applied whole, or dead-lettered with no effect at all."""
         exports_before = len(batch.exports)
         batch.touched = None
@@ -213,7 +226,7 @@ class BatchProcessor:
             reason, detail = exc.reason, exc.detail
         except (orjson.JSONEncodeError, RecursionError) as exc:
             # Nested too deep to encode (orjson stops at 255 levels), or to merge.
-            reason, detail = "unencodable", f"{type(exc).__name__}: {exc}"
+            reason, detail = Reason.UNENCODABLE, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # never let one event stop the worker
             # The traceback without the exception's message, which may quote values.
             log.error(
@@ -228,7 +241,7 @@ class BatchProcessor:
                     "traceback": "".join(traceback.format_tb(exc.__traceback__)),
                 },
             )
-            reason, detail = "internal_error", f"{type(exc).__name__}: {exc}"
+            reason, detail = Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
         else:
             built = sum(len(export.record.data) for export in batch.exports[exports_before:])
             batch.held += built
@@ -240,7 +253,7 @@ class BatchProcessor:
             profile.restore(before)
         del batch.exports[exports_before:]
         self._hold(batch, _dead_letter(message, reason, detail, message.value))
-        return "dead_lettered"
+        return self._dead_lettered(message)
 
     def _hold(self, batch: _Batch, letter: DeadLetter) -> None:
         batch.letters.append(letter)
@@ -261,7 +274,7 @@ class BatchProcessor:
             )
             if size + len(stored) > MAX_STATE_BYTES:
                 raise BadEvent(
-                    "state_too_large",
+                    Reason.STATE_TOO_LARGE,
                     f"the profile would weigh {size + len(stored)} bytes stored, "
                     f"over the {MAX_STATE_BYTES} a changelog message may hold",
                 )
@@ -269,7 +282,7 @@ class BatchProcessor:
             stored = orjson.dumps(memberships_to_json(profile.memberships))
             if size + len(stored) > MAX_STATE_BYTES:
                 raise BadEvent(
-                    "state_too_large",
+                    Reason.STATE_TOO_LARGE,
                     f"the memberships would weigh {size + len(stored)} bytes stored, "
                     f"over the {MAX_STATE_BYTES} a changelog message may hold",
                 )
@@ -307,7 +320,7 @@ class BatchProcessor:
         found.scope = message.scope  # the latest event of this key writes it
         return found
 
-    def _handle(self, message: InputMessage, batch: _Batch) -> str:
+    def _handle(self, message: InputMessage, batch: _Batch) -> EventOutcome:
         if message.topic == self._profiles_topic:
             update = parse_profile_update(message.key, message.value)
             if update is None:
@@ -320,17 +333,12 @@ class BatchProcessor:
         event: Qualification,
         message: InputMessage,
         batch: _Batch,
-    ) -> str:
-        mapped = event.segment_id in self._mapped
-        if not mapped:
-            return MembershipOutcome.UNMAPPED.value
+    ) -> QualificationOutcome:
+        if event.segment_id not in self._mapped:
+            return QualificationOutcome.UNMAPPED
         profile = self._profile(event.profile_id, message, batch)
         transition = apply_qualification(
-            profile.memberships,
-            event.segment_id,
-            event.status,
-            event.qualification_time,
-            mapped,
+            profile.memberships, event.segment_id, event.status, event.qualification_time
         )
         if transition.changed:
             profile.memberships = transition.memberships
@@ -352,16 +360,16 @@ class BatchProcessor:
                     {event.segment_id: status},
                     message,
                     batch.exports,
-                    status,
+                    ExportStatus(status),
                 )
-        return transition.outcome.value
+        return transition.outcome
 
     def _update(
         self,
         update: ProfileUpdate,
         message: InputMessage,
         batch: _Batch,
-    ) -> str:
+    ) -> ProfileUpdateOutcome:
         profile = self._profile(update.profile_id, message, batch)
         before = profile.attributes
         after = deep_merge(before, update.attributes) if update.attributes else before
@@ -390,15 +398,15 @@ class BatchProcessor:
                 {},
                 message,
                 batch.exports,
-                "updated",
+                ExportStatus.UPDATED,
             )
-        return "exported" if exported else "no_export"
+        return ProfileUpdateOutcome.EXPORTED if exported else ProfileUpdateOutcome.NO_EXPORT
 
-    def _delete(self, message: InputMessage, batch: _Batch) -> str:
+    def _delete(self, message: InputMessage, batch: _Batch) -> ProfileUpdateOutcome:
         assert message.key is not None  # parse_profile_update checked it
         profile_id = message.key.decode()
         profile = self._profile(profile_id, message, batch)
-        exited = {sid: "exited" for sid, state in profile.memberships.items() if state.member}
+        exited = {sid: Status.EXITED for sid, state in profile.memberships.items() if state.member}
         exported = False
         for index, destination in enumerate(self._destinations):
             changed = {sid: s for sid, s in exited.items() if destination.format.maps(sid)}
@@ -412,11 +420,11 @@ class BatchProcessor:
                     changed,
                     message,
                     batch.exports,
-                    "exited",
+                    ExportStatus.EXITED,
                 )
         profile.attributes, profile.identity_map, profile.memberships = {}, None, {}
         profile.deleted = profile.profile_dirty = profile.memberships_dirty = True
-        return "exported" if exported else "deleted"
+        return ProfileUpdateOutcome.EXPORTED if exported else ProfileUpdateOutcome.DELETED
 
     def _export(
         self,
@@ -425,10 +433,10 @@ class BatchProcessor:
         attributes: Mapping[str, Any],
         identities: Mapping[str, Any] | None,
         memberships: Mapping[str, SegmentState],
-        changed: Mapping[str, Any],
+        changed: Mapping[str, Status],
         message: InputMessage,
         exports: list[_Export],
-        status: str,
+        status: ExportStatus,
     ) -> bool:
         destination = self._destinations[index]
         record = destination.format.build(attributes, identities, memberships, changed)
@@ -482,7 +490,7 @@ class BatchProcessor:
 
 def _dead_letter(
     message: InputMessage,
-    reason: str,
+    reason: Reason,
     detail: str | None,
     payload: bytes | None,
     **context: Any,
@@ -494,7 +502,7 @@ def _dead_letter(
 def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> DeadLetter:
     return _dead_letter(
         export.message,
-        outcome.reason or "rejected_by_kinesis",
+        Reason(outcome.reason or Rejection.REJECTED_BY_KINESIS),
         outcome.detail,
         export.record.data,
         destination=destination.name,
@@ -508,4 +516,4 @@ def _too_large_for_memory(export: _Export, destination: Destination, limit: int)
         f"{len(export.record.data)} bytes, over the {limit} bytes the worker's memory "
         "budget keeps for records (half of runtime.max_buffer_bytes)"
     )
-    return _rejected(export, destination, Outcome(False, "record_too_large", detail))
+    return _rejected(export, destination, Outcome(False, Rejection.RECORD_TOO_LARGE, detail))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from worker import deadletters
 from worker.deadletters import MAX_BYTES, build
+from worker.vocabulary import DeadLetterReason as Reason
 
 SOURCE = {"topic": "segment-qualifications", "partition": 3, "offset": 18233}
 
@@ -21,20 +22,25 @@ def _body(letter: deadletters.DeadLetter) -> dict[str, object]:
 
 
 def test_a_small_event_is_kept_whole() -> None:
-    letter = build(b"p1", "invalid_json", "not JSON", b"{oops", SOURCE)
+    letter = build(b"p1", Reason.INVALID_JSON, "not JSON", b"{oops", SOURCE)
     body = _body(letter)
     assert letter.key == b"p1"
     assert letter.reason == "invalid_json"
     assert body["value"] == "{oops"
     assert body["source"] == SOURCE
     assert "truncated" not in body
-    assert build(b"p1", "x", None, b"\xff\xfe", SOURCE).value.find(b'"valueBase64":"//4="') > 0
-    assert _body(build(None, "missing_value", "none", None, SOURCE))["value"] is None
+    assert (
+        build(b"p1", Reason.INVALID_JSON, None, b"\xff\xfe", SOURCE).value.find(
+            b'"valueBase64":"//4="'
+        )
+        > 0
+    )
+    assert _body(build(None, Reason.MISSING_VALUE, "none", None, SOURCE))["value"] is None
 
 
 def test_escaping_is_counted_a_value_of_nul_bytes() -> None:
     # 170,000 NUL bytes: 1,020,000 bytes once escaped as \u0000 (the reproduction).
-    letter = build(b"p1", "invalid_json", "x", b"\x00" * 170_000, SOURCE)
+    letter = build(b"p1", Reason.INVALID_JSON, "x", b"\x00" * 170_000, SOURCE)
     body = _body(letter)
     assert letter.size < MAX_BYTES
     assert body["truncated"] is True
@@ -46,7 +52,7 @@ def test_escaping_is_counted_a_value_of_nul_bytes() -> None:
 
 def test_detail_and_context_are_cut() -> None:
     status = "x" * 900_000
-    letter = build(b"p1", "invalid_status", f"status {status!r} is not one of", b"{}", SOURCE)
+    letter = build(b"p1", Reason.INVALID_STATUS, f"status {status!r} is not one of", b"{}", SOURCE)
     body = _body(letter)
     assert letter.size < 20_000
     assert isinstance(body["detail"], str)
@@ -56,7 +62,7 @@ def test_detail_and_context_are_cut() -> None:
 
 def test_a_long_key_is_cut_and_its_size_recorded() -> None:
     key = b"k" * 450_000
-    letter = build(key, "key_mismatch", f"key {key!r}", b"v" * 900_000, SOURCE)
+    letter = build(key, Reason.KEY_MISMATCH, f"key {key!r}", b"v" * 900_000, SOURCE)
     body = _body(letter)
     assert letter.size < MAX_BYTES
     assert letter.key == key[: deadletters.MAX_KEY_BYTES]
@@ -67,7 +73,7 @@ def test_a_long_key_is_cut_and_its_size_recorded() -> None:
 def test_invalid_utf8_over_the_budget_is_base64_not_lost() -> None:
     # Formerly cut at 256 KiB and decoded ignoring errors: the invalid bytes vanished.
     value = (b"\xff" + b"a" * 1000) * 1000
-    body = _body(build(b"p1", "invalid_json", "x", value, SOURCE))
+    body = _body(build(b"p1", Reason.INVALID_JSON, "x", value, SOURCE))
     assert "value" not in body
     assert body["truncated"] is True
     assert body["size"] == len(value)
@@ -93,7 +99,7 @@ def test_invalid_utf8_over_the_budget_is_base64_not_lost() -> None:
 def test_every_dead_letter_fits_and_holds_a_prefix_of_its_payload(
     key: bytes | None, detail: str, payload: bytes | None, context: dict[str, str]
 ) -> None:
-    letter = build(key, "internal_error", detail, payload, SOURCE, **context)
+    letter = build(key, Reason.INTERNAL_ERROR, detail, payload, SOURCE, **context)
     assert letter.size < MAX_BYTES
     body = _body(letter)
     assert body["reason"] == "internal_error"

@@ -22,6 +22,8 @@ from worker.events import (
     parse_qualification,
     parse_time,
 )
+from worker.vocabulary import DeadLetterReason as Reason
+from worker.vocabulary import Status
 
 KEY = b"p-0001"
 SEGMENT = "59bd2fkd-3c48-4b18-bf56-4f5c5e6967ae"
@@ -64,7 +66,7 @@ def test_contract_example_qualification() -> None:
     assert event == Qualification(
         profile_id="p-0001",
         segment_id=SEGMENT,
-        status="realized",
+        status=Status.REALIZED,
         qualification_time=datetime(2020, 5, 25, 23, 37, 33, tzinfo=UTC),
         identity_map=ECID,
     )
@@ -158,7 +160,7 @@ def test_bad_event_detail_names_the_field(field: str, value: Any) -> None:
 
 
 def test_bad_event_pickles() -> None:
-    exc = BadEvent("invalid_json", "the value is not valid JSON")
+    exc = BadEvent(Reason.INVALID_JSON, "the value is not valid JSON")
     copy = pickle.loads(pickle.dumps(exc))
     assert (copy.reason, copy.detail, str(copy)) == (exc.reason, exc.detail, str(exc))
 

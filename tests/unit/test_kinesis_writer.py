@@ -18,6 +18,7 @@ from worker.kinesis import (
     Outcome,
     PutReply,
     Record,
+    Rejection,
     StreamSummary,
     Transport,
     TransportError,
@@ -475,7 +476,7 @@ async def test_validation_exception_finds_the_culprit_alone() -> None:
 async def test_validation_exception_on_a_single_record_rejects_it() -> None:
     fake = FakeTransport(invalid={b"a#0"})
     outcomes = await KinesisWriter("s", fake, FAST).put_all([record("a", 0), record("a", 1)])
-    assert outcomes[0] == Outcome(False, "rejected_by_kinesis", outcomes[0].detail)
+    assert outcomes[0] == Outcome(False, Rejection.REJECTED_BY_KINESIS, outcomes[0].detail)
     assert outcomes[1].accepted
     assert len(fake.calls) == 2
 

@@ -11,17 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.events import Status
 from worker.membership import (
     Memberships,
-    Outcome,
     SegmentState,
     Transition,
     apply_qualification,
-    current_members,
     memberships_from_json,
     memberships_to_json,
 )
+from worker.vocabulary import QualificationOutcome as Outcome
+from worker.vocabulary import Status
 
 SEG = "59bd2fkd-3c48-4b18-bf56-4f5c5e6967ae"
 OTHER = "7841ba61-23c1-4bb3-a495-00d3g5fe1e93"
@@ -58,7 +57,7 @@ def test_contract_table(
     member_after: bool,
 ) -> None:
     before = dict(stored)
-    t = apply_qualification(stored, SEG, status, LATER, mapped=True)
+    t = apply_qualification(stored, SEG, Status(status), LATER)
     assert t.outcome is outcome
     assert t.exported_status == exported
     # Every applied event sets the time, exported or not.
@@ -71,7 +70,7 @@ def test_contract_table(
 @pytest.mark.parametrize("stored", [MEMBER, NOT_MEMBER])
 @pytest.mark.parametrize("status", ["realized", "existing", "exited"])
 def test_older_event_is_stale(stored: dict[str, SegmentState], status: Status) -> None:
-    t = apply_qualification(stored, SEG, status, EARLIER, mapped=True)
+    t = apply_qualification(stored, SEG, Status(status), EARLIER)
     assert t == Transition(Outcome.STALE, stored, None, False)
 
 
@@ -88,7 +87,7 @@ def test_older_event_is_stale(stored: dict[str, SegmentState], status: Status) -
 def test_equal_time_is_not_stale(
     stored: dict[str, SegmentState], status: Status, outcome: Outcome, exported: str | None
 ) -> None:
-    t = apply_qualification(stored, SEG, status, T0, mapped=True)
+    t = apply_qualification(stored, SEG, Status(status), T0)
     assert (t.outcome, t.exported_status) == (outcome, exported)
 
 
@@ -96,33 +95,21 @@ def test_equal_time_is_not_stale(
 def test_applied_event_that_changes_nothing_needs_no_write(
     stored: dict[str, SegmentState], status: Status
 ) -> None:
-    t = apply_qualification(stored, SEG, status, T0, mapped=True)
+    t = apply_qualification(stored, SEG, Status(status), T0)
     assert t.memberships == stored
     assert not t.changed
 
 
 def test_same_instant_in_another_zone_is_equal_time() -> None:
     plus_two = T0.astimezone(timezone(timedelta(hours=2)))
-    t = apply_qualification(MEMBER, SEG, "existing", plus_two, mapped=True)
+    t = apply_qualification(MEMBER, SEG, Status("existing"), plus_two)
     assert t.outcome is Outcome.DUPLICATE
     assert not t.changed
 
 
-@pytest.mark.parametrize("stored", [NEVER_SEEN, MEMBER, NOT_MEMBER])
-@pytest.mark.parametrize("status", ["realized", "existing", "exited"])
-def test_unmapped_is_ignored(stored: dict[str, SegmentState], status: Status) -> None:
-    t = apply_qualification(stored, SEG, status, LATER, mapped=False)
-    assert t == Transition(Outcome.UNMAPPED, stored, None, False)
-
-
-def test_unmapped_wins_over_stale() -> None:
-    t = apply_qualification(MEMBER, SEG, "exited", EARLIER, mapped=False)
-    assert t.outcome is Outcome.UNMAPPED
-
-
 def test_other_segments_are_untouched() -> None:
     stored = {OTHER: SegmentState(True, EARLIER), SEG: SegmentState(True, T0)}
-    t = apply_qualification(stored, SEG, "exited", LATER, mapped=True)
+    t = apply_qualification(stored, SEG, Status("exited"), LATER)
     assert t.memberships == {OTHER: SegmentState(True, EARLIER), SEG: SegmentState(False, LATER)}
     assert list(t.memberships) == [OTHER, SEG]
 
@@ -133,10 +120,17 @@ def _run(
     state = dict(start)
     log: list[tuple[str, Outcome, str | None]] = []
     for segment, status, time in events:
-        t = apply_qualification(state, segment, status, time, mapped=segment != "unmapped")
+        if segment == "unmapped":  # the caller's rule: never applied, no trace
+            log.append((segment, Outcome.UNMAPPED, None))
+            continue
+        t = apply_qualification(state, segment, Status(status), time)
         state = t.memberships
         log.append((segment, t.outcome, t.exported_status))
     return state, log
+
+
+def members(state: Memberships) -> list[str]:
+    return [segment for segment, s in state.items() if s.member]
 
 
 def _at(minute: int) -> datetime:
@@ -144,7 +138,7 @@ def _at(minute: int) -> datetime:
 
 
 @pytest.mark.parametrize(
-    ("events", "expected_log", "members"),
+    ("events", "expected_log", "expected_members"),
     [
         # qualify, re-evaluate, exit, re-qualify
         (
@@ -197,22 +191,12 @@ def _at(minute: int) -> datetime:
 def test_sequences(
     events: list[tuple[str, Status, int]],
     expected_log: list[tuple[Outcome, str | None]],
-    members: list[str],
+    expected_members: list[str],
 ) -> None:
     state, log = _run([(s, st_, _at(m)) for s, st_, m in events])
     assert [(o, e) for _, o, e in log] == expected_log
-    assert current_members(state) == members
+    assert members(state) == expected_members
     assert "unmapped" not in state
-
-
-def test_current_members_in_stored_order() -> None:
-    stored = {
-        "a": SegmentState(True, T0),
-        "b": SegmentState(False, T0),
-        "c": SegmentState(True, T0),
-    }
-    assert current_members(stored) == ["a", "c"]
-    assert current_members({}) == []
 
 
 def test_outcome_values() -> None:
@@ -222,6 +206,7 @@ def test_outcome_values() -> None:
         "stale",
         "unmapped",
         "not_member",
+        "dead_lettered",
     ]
     assert f"{Outcome.STALE}" == "stale"
 
@@ -267,7 +252,7 @@ def test_malformed_json_is_refused(obj: Any) -> None:
 # --- properties -------------------------------------------------------------------
 
 _segments = st.sampled_from(["s1", "s2", "s3", "unmapped"])
-_statuses: st.SearchStrategy[Status] = st.sampled_from(["realized", "existing", "exited"])
+_statuses: st.SearchStrategy[Status] = st.sampled_from(list(Status))
 _minutes = st.integers(min_value=0, max_value=30)
 _events = st.lists(st.tuples(_segments, _statuses, _minutes), max_size=40)
 # Distinct times per segment: with two conflicting events at one instant the
@@ -299,7 +284,9 @@ def test_exports_alternate_starting_with_realized(events: list[tuple[str, Status
 def test_outcome_and_export_agree(events: list[tuple[str, Status, int]]) -> None:
     state: dict[str, SegmentState] = {}
     for segment, status, time in _timed(events):
-        t = apply_qualification(state, segment, status, time, mapped=segment != "unmapped")
+        if segment == "unmapped":
+            continue
+        t = apply_qualification(state, segment, status, time)
         assert (t.exported_status is not None) == (t.outcome is Outcome.EXPORTED)
         assert t.changed == (t.memberships != state)
         if t.outcome in (Outcome.STALE, Outcome.UNMAPPED):
@@ -328,7 +315,7 @@ def test_latest_event_decides(events: list[tuple[str, Status, int]]) -> None:
 
 
 def test_replay_of_conflicting_events_at_one_instant_exports_again() -> None:
-    events = _timed([("s1", "realized", 0), ("s1", "exited", 0)])
+    events = _timed([("s1", Status.REALIZED, 0), ("s1", Status.EXITED, 0)])
     final, _ = _run(events)
     _, log = _run(events, start=final)
     assert [e for _, _, e in log] == ["realized", "exited"]

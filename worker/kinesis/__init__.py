@@ -6,7 +6,7 @@ Public API:
 - :class:`KinesisWriter`: puts records with ``PutRecords``, within the service
   limits, retrying failures without ever reordering records of one key.
 - :class:`Outcome`: what became of a record (accepted, or rejected for good
-  with a reason to dead-letter it).
+  with a :class:`Rejection` reason to dead-letter it).
 - :class:`WriterObserver` and :class:`CallReport`: what the writer reports,
   for metrics.
 - :class:`Transport` and :class:`AioBotoTransport`: the wire; tests pass a fake.
@@ -20,21 +20,25 @@ from worker.kinesis._transport import (
     TransportError,
 )
 from worker.kinesis._writer import (
+    MAX_PARTITION_KEY_CHARS,
     CallReport,
     KinesisWriter,
     Outcome,
     Record,
+    Rejection,
     WriterConfig,
     WriterObserver,
 )
 
 __all__ = [
+    "MAX_PARTITION_KEY_CHARS",
     "AioBotoTransport",
     "CallReport",
     "KinesisWriter",
     "Outcome",
     "PutReply",
     "Record",
+    "Rejection",
     "StreamSummary",
     "Transport",
     "TransportError",

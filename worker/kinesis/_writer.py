@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from worker.kinesis._shards import ShardMap, ShardRateLimiter
 from worker.kinesis._transport import (
@@ -27,7 +28,16 @@ from worker.kinesis._transport import (
 
 log = logging.getLogger(__name__)
 
-MAX_KEY_CHARS = 256
+# Kinesis's limit on a partition key, in Unicode code points.
+MAX_PARTITION_KEY_CHARS = 256
+
+
+class Rejection(StrEnum):
+    """Why Kinesis will never accept a record."""
+
+    INVALID_PARTITION_KEY = "invalid_partition_key"
+    RECORD_TOO_LARGE = "record_too_large"
+    REJECTED_BY_KINESIS = "rejected_by_kinesis"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +51,7 @@ class Outcome:
     """Accepted by Kinesis, or rejected for good: ``reason`` says why (for the dead letter)."""
 
     accepted: bool
-    reason: str | None = None
+    reason: Rejection | None = None
     detail: str | None = None
 
 
@@ -170,13 +180,13 @@ class KinesisWriter:
     def check(self, record: Record) -> Outcome | None:
         """The reason Kinesis would never accept this record, or None."""
         key = record.partition_key
-        if not 1 <= len(key) <= MAX_KEY_CHARS:
-            return Outcome(False, "invalid_partition_key", f"key of {len(key)} characters")
+        if not 1 <= len(key) <= MAX_PARTITION_KEY_CHARS:
+            return Outcome(False, Rejection.INVALID_PARTITION_KEY, f"key of {len(key)} characters")
         size = len(record.data) + len(key.encode())
         if size > self.max_record_bytes:
             return Outcome(
                 False,
-                "record_too_large",
+                Rejection.RECORD_TOO_LARGE,
                 f"{size} bytes (data + key) over the stream's {self.max_record_bytes}",
             )
         return None
@@ -317,7 +327,7 @@ class KinesisWriter:
                     if exc.code == "ValidationException":
                         if len(call.indices) == 1:
                             outcomes[call.indices[0]] = Outcome(
-                                False, "rejected_by_kinesis", str(exc)
+                                False, Rejection.REJECTED_BY_KINESIS, str(exc)
                             )
                             failed -= 1
                         else:
