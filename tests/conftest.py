@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.support import (
     admin_call,
     prometheus_tool,
     run_sync,
+    wait_active,
 )
 
 
@@ -80,13 +80,8 @@ def kinesis_stream(stack: Stack) -> Iterator[StreamFactory]:
     def create(name: str, shards: int = 1) -> str:
         client.create_stream(StreamName=name, ShardCount=shards)
         created.append(name)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            summary = client.describe_stream_summary(StreamName=name)
-            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
-                return name
-            time.sleep(0.2)
-        pytest.fail(f"stream {name} not ACTIVE after 30s")
+        wait_active(client, name)
+        return name
 
     yield create
     for name in created:

@@ -25,11 +25,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
+from worker.settings import DestinationSettings
+
 LOCAL_AWS = {
     "aws_access_key_id": "testing",
     "aws_secret_access_key": "testing",
     "region_name": "us-east-1",
 }
+
+# The keys of the local endpoint (moto takes any) in a destination's `auth`.
+LOCAL_AUTH = {"access_key_id": "testing", "secret_access_key": "testing"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,34 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Runs a coroutine to completion from sync code, also inside a running loop."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def destination_settings(
+    name: str, stream: str, endpoint_url: str | None, auth: dict[str, Any] | None = None
+) -> DestinationSettings:
+    """A destination for the worker's Kinesis code alone (no pipeline): one segment "s",
+    ``auth`` or the local endpoint's keys."""
+    return DestinationSettings.model_validate(
+        {
+            "name": name,
+            "stream": stream,
+            "region": "us-east-1",
+            "endpoint_url": endpoint_url,
+            "auth": LOCAL_AUTH if auth is None else auth,
+            "segments": [{"id": "s"}],
+        }
+    )
+
+
+def wait_active(client: Any, stream: str, timeout: float = 30) -> None:
+    """Waits until a Kinesis stream just created is ACTIVE."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        summary = client.describe_stream_summary(StreamName=stream)
+        if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+            return
+        time.sleep(0.2)
+    pytest.fail(f"stream {stream} not ACTIVE after {timeout:.0f}s")
 
 
 # -- running the worker for integration tests -------------------------------------------
@@ -318,6 +351,12 @@ class ProxyThread:
         asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+    def __enter__(self) -> ProxyThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 PROMETHEUS_HINT = (

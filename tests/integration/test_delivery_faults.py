@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from tests.faults.kinesis_proxy import KinesisFaultProxy
-from tests.support import Stack, StreamFactory, StreamReader
+from tests.support import Stack, StreamFactory, StreamReader, destination_settings
 from worker.kinesis import (
     AioBotoTransport,
     CallReport,
@@ -29,7 +29,6 @@ from worker.kinesis import (
     WriterConfig,
     WriterObserver,
 )
-from worker.settings import DestinationSettings
 
 MIB = 1024 * 1024
 RECORDS = 20_000
@@ -39,25 +38,16 @@ OUTAGE_AFTER_S = 3.0
 OUTAGE_S = 7.0
 
 
-def destination(stream: str, endpoint_url: str) -> DestinationSettings:
-    return DestinationSettings.model_validate(
-        {
-            "name": "faults",
-            "stream": stream,
-            "region": "us-east-1",
-            "endpoint_url": endpoint_url,
-            "auth": {"access_key_id": "testing", "secret_access_key": "testing"},
-            "segments": [{"id": "s"}],
-        }
-    )
+@pytest.fixture
+async def proxy(stack: Stack) -> AsyncIterator[KinesisFaultProxy]:
+    async with KinesisFaultProxy(stack.kinesis_endpoint, seed=20_000) as running:
+        yield running
 
 
 @pytest.fixture
-async def proxy(stack: Stack) -> AsyncIterator[KinesisFaultProxy]:
-    running = KinesisFaultProxy(stack.kinesis_endpoint, seed=20_000)
-    await running.start()
-    yield running
-    await running.stop()
+def stream(kinesis_stream: StreamFactory, unique_name: str) -> str:
+    """A stream of one shard, the test's own."""
+    return kinesis_stream(unique_name, shards=1)
 
 
 class CountingFailures(WriterObserver):
@@ -74,7 +64,7 @@ async def open_writer(
     assert proxy.url is not None
     writer = KinesisWriter(
         stream,
-        AioBotoTransport(destination(stream, proxy.url)),
+        AioBotoTransport(destination_settings("faults", stream, proxy.url).transport()),
         config,
         CountingFailures(retries),
     )
@@ -185,12 +175,8 @@ async def test_no_loss_no_reorder_under_throttling_failures_drops_and_an_outage(
 
 
 async def test_records_kinesis_can_never_accept_are_rejected_the_others_accepted(
-    stack: Stack,
-    kinesis_stream: StreamFactory,
-    unique_name: str,
-    proxy: KinesisFaultProxy,
+    stack: Stack, stream: str, proxy: KinesisFaultProxy
 ) -> None:
-    stream = kinesis_stream(unique_name, shards=1)
     writer = await open_writer(stream, proxy, WriterConfig(backoff_max_s=0.5), Counter())
     proxy.faults.throttle_share = 0.3
 
@@ -225,13 +211,9 @@ async def test_records_kinesis_can_never_accept_are_rejected_the_others_accepted
 
 
 async def test_a_key_throttled_for_over_a_thousand_waves_is_still_delivered(
-    stack: Stack,
-    kinesis_stream: StreamFactory,
-    unique_name: str,
-    proxy: KinesisFaultProxy,
+    stream: str, proxy: KinesisFaultProxy
 ) -> None:
     """A hot shard throttled for long: with the default 5 s cap, ~45 min of failed waves."""
-    stream = kinesis_stream(unique_name, shards=1)
     config = WriterConfig(backoff_base_s=0.0001, backoff_max_s=0.0005)
     writer = await open_writer(stream, proxy, config, Counter())
     proxy.faults.throttle_share = 1.0
@@ -250,31 +232,29 @@ async def test_a_key_throttled_for_over_a_thousand_waves_is_still_delivered(
     assert proxy.counters.records_throttled >= 1_100
 
 
+async def role_writer(stream: str, proxy: KinesisFaultProxy, auth: dict[str, Any]) -> KinesisWriter:
+    """A started writer, through the proxy, whose destination assumes a role."""
+    writer = KinesisWriter(
+        stream, AioBotoTransport(destination_settings("role", stream, proxy.url, auth).transport())
+    )
+    await writer.start()
+    return writer
+
+
 async def test_role_is_assumed_with_the_external_id_and_used_for_kinesis(
-    stack: Stack, kinesis_stream: StreamFactory, unique_name: str
+    stack: Stack, stream: str
 ) -> None:
     """auth.role_arn + external_id: AssumeRole on the endpoint's STS, then Kinesis
     calls signed with the temporary credentials (ASIA...), not the base keys."""
-    stream = kinesis_stream(unique_name, shards=1)
     async with KinesisFaultProxy(stack.kinesis_endpoint) as proxy:
         assert proxy.url is not None
-        destination = DestinationSettings.model_validate(
-            {
-                "name": "role",
-                "stream": stream,
-                "region": "us-east-1",
-                "endpoint_url": proxy.url,
-                "auth": {
-                    "access_key_id": "AKIABASEKEY000000000",
-                    "secret_access_key": "base-secret",
-                    "role_arn": "arn:aws:iam::123456789012:role/kinesis-writer",
-                    "external_id": "ext-42",
-                },
-                "segments": [{"id": "s"}],
-            }
-        )
-        writer = KinesisWriter(stream, AioBotoTransport(destination))
-        await writer.start()
+        auth = {
+            "access_key_id": "AKIABASEKEY000000000",
+            "secret_access_key": "base-secret",
+            "role_arn": "arn:aws:iam::123456789012:role/kinesis-writer",
+            "external_id": "ext-42",
+        }
+        writer = await role_writer(stream, proxy, auth)
         try:
             outcomes = await writer.put_all([Record(b"hello", "k1"), Record(b"again", "k2")])
         finally:
@@ -291,30 +271,16 @@ async def test_role_is_assumed_with_the_external_id_and_used_for_kinesis(
 
 
 async def test_role_credentials_are_renewed_before_they_expire(
-    stack: Stack,
-    kinesis_stream: StreamFactory,
-    unique_name: str,
-    monkeypatch: pytest.MonkeyPatch,
+    stack: Stack, stream: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Credentials that expire within botocore's 15-minute window are renewed on use."""
     monkeypatch.setattr("worker.kinesis._transport.ROLE_SESSION_SECONDS", 900)
     # No keys in the configuration: the base credentials come from the default chain.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMENVIRONMENT0")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-environment")
-    stream = kinesis_stream(unique_name, shards=1)
     async with KinesisFaultProxy(stack.kinesis_endpoint) as proxy:
-        destination = DestinationSettings.model_validate(
-            {
-                "name": "role",
-                "stream": stream,
-                "region": "us-east-1",
-                "endpoint_url": proxy.url,
-                "auth": {"role_arn": "arn:aws:iam::123456789012:role/kinesis-writer"},
-                "segments": [{"id": "s"}],
-            }
-        )
-        writer = KinesisWriter(stream, AioBotoTransport(destination))
-        await writer.start()
+        auth = {"role_arn": "arn:aws:iam::123456789012:role/kinesis-writer"}
+        writer = await role_writer(stream, proxy, auth)
         try:
             for i in range(3):
                 assert (await writer.put_all([Record(b"x", f"k{i}")]))[0].accepted

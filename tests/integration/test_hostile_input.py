@@ -11,29 +11,22 @@ only for applied events, and commits reach the end offsets.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tests.integration.test_offsets import wait_committed_to_the_end
-from tests.integration.test_pipeline import (
+from tests.integration.harness import (
     SEG_A,
     SEG_C,
     Deployment,
     ecid,
     entered_then_left,
+    unique,
     ups,
+    wait_committed_to_the_end,
 )
-from tests.support import (
-    Stack,
-    consume_all,
-    produce,
-    profile_update,
-    qualification,
-    run_sync,
-)
+from tests.support import Stack, consume_all, profile_update, qualification, run_sync
 
 # A dead letter's key + value, as worker.deadletters.MAX_BYTES promises; Kafka's
 # default limit (1,048,588 bytes a batch) is above it.
@@ -55,9 +48,7 @@ def deep_json(body: dict[str, Any]) -> bytes:
 def test_hostile_events_mixed_with_traffic_are_dead_lettered_and_nothing_wedges(
     stack: Stack, tmp_path: Path
 ) -> None:
-    deployment = Deployment(stack, f"it-hostile-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
-    deployment.create()
-    try:
+    with Deployment(stack, unique("it-hostile"), tmp_path, partitions=2) as deployment:
         worker = deployment.worker(batch_max_events=200)
         worker.start()
         q, p = deployment.q_topic, deployment.p_topic
@@ -125,8 +116,7 @@ def test_hostile_events_mixed_with_traffic_are_dead_lettered_and_nothing_wedges(
                 qualification("bad-ident", SEG_C, "realized", when, ecid("bad-ident")),
             )
         )
-        run_sync(produce(stack.kafka_bootstrap, first_run))
-        deployment.sent += len(first_run)
+        deployment.send_raw(first_run)
         deployment.wait_consumed()
 
         # State writes: an update nested 300 deep, then two 600 KB updates of one
@@ -140,15 +130,13 @@ def test_hostile_events_mixed_with_traffic_are_dead_lettered_and_nothing_wedges(
                 profile_update("bad-big", {"person": {"name": {"firstName": "f" * 600_000}}}),
             ),
         ]
-        run_sync(produce(stack.kafka_bootstrap, updates))
-        deployment.sent += len(updates)
+        deployment.send_raw(updates)
         deployment.wait_consumed()
         markers = [
             (q, b"bad-big", qualification("bad-big", SEG_C, "realized", when)),
             (q, b"bad-deep", qualification("bad-deep", SEG_C, "realized", when)),
         ]
-        run_sync(produce(stack.kafka_bootstrap, markers))
-        deployment.sent += len(markers)
+        deployment.send_raw(markers)
 
         # Every good record, in order per profile.
         received, violations = entered_then_left(deployment, profiles, timeout=90)
@@ -198,5 +186,3 @@ def test_hostile_events_mixed_with_traffic_are_dead_lettered_and_nothing_wedges(
         assert worker.metric("kd_batch_failures_total") == 0, "each bad event was one dead letter"
         status_code, _ = worker.get("/healthz")
         assert status_code == 200
-    finally:
-        deployment.destroy()

@@ -14,31 +14,16 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from aiokafka.admin import NewTopic
 
-from tests.support import (
-    REPO,
-    Stack,
-    StreamReader,
-    WorkerProcess,
-    admin_call,
-    free_port,
-    produce,
-    profile_update,
-    qualification,
-    run_sync,
-)
+from tests.integration.harness import Deployment, cli, one_stream, unique
+from tests.support import REPO, Stack, free_port, profile_update, qualification
 
 # The local stack's TEST-ONLY SASL user (deploy/local/stack.sh); it exists nowhere else.
 SASL_USER = "worker"
@@ -150,97 +135,21 @@ def kafka_security(
     return cases[case]
 
 
-class Setup:
-    """Topics and a stream for one test; the worker's configuration."""
-
-    def __init__(self, stack: Stack, workdir: Path) -> None:
-        self.stack = stack
-        self.workdir = workdir
-        self.name = f"sec-{uuid.uuid4().hex[:8]}"
-        self.q_topic = f"{self.name}-qualifications"
-        self.p_topic = f"{self.name}-profiles"
-        self.stream = f"{self.name}-stream"
-        self.kinesis = stack.kinesis()
-        self.created = False
-
-    def create(self) -> None:
-        topics = [NewTopic(self.q_topic, 2, 1), NewTopic(self.p_topic, 2, 1)]
-        run_sync(admin_call(self.stack.kafka_bootstrap, lambda a: a.create_topics(topics)))
-        self.created = True
-        self.kinesis.create_stream(StreamName=self.stream, ShardCount=1)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            summary = self.kinesis.describe_stream_summary(StreamName=self.stream)
-            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
-                return
-            time.sleep(0.2)
-        pytest.fail(f"stream {self.stream} not ACTIVE after 30s")
-
-    def destroy(self) -> None:
-        if not self.created:
-            return
-
-        async def delete(admin: Any) -> None:
-            # The input topics, the dead-letter topic and Faust's changelog topics.
-            names = [t for t in await admin.list_topics() if t.startswith(self.name)]
-            if names:
-                await admin.delete_topics(names)
-
-        run_sync(admin_call(self.stack.kafka_bootstrap, delete))
-        self.kinesis.delete_stream(StreamName=self.stream, EnforceConsumerDeletion=True)
-
-    def config(self, kafka: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "app_id": self.name,
-            "kafka": {
-                "qualifications_topic": self.q_topic,
-                "profiles_topic": self.p_topic,
-                "dlq_topic": f"{self.name}-dlq",
-                **kafka,
-            },
-            "destinations": [
-                {
-                    "name": "Secured",
-                    "stream": self.stream,
-                    "region": "us-east-1",
-                    "endpoint_url": self.stack.kinesis_endpoint,
-                    "auth": {"access_key_id": "testing", "secret_access_key": "testing"},
-                    "partition_key_namespaces": ["ecid"],
-                    "segments": [{"id": SEGMENT}],
-                    "attributes": ["person.email"],
-                }
-            ],
-            "runtime": {"store": "memory://", "batch_linger_ms": 20, "session_timeout_ms": 6000},
-        }
-
-    def write(self, kafka: dict[str, Any], name: str = "config") -> Path:
-        path = self.workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(self.config(kafka)))
-        return path
-
-
 @pytest.fixture
-def setup(stack: Stack, tmp_path: Path) -> Iterator[Setup]:
-    found = Setup(stack, tmp_path)
+def setup(stack: Stack, tmp_path: Path) -> Iterator[Deployment]:
+    """Two partitions, one stream; created by the tests that need them."""
+    found = Deployment(
+        stack,
+        unique("sec"),
+        tmp_path,
+        partitions=2,
+        destinations=one_stream("Secured", [SEGMENT]),
+        shards=1,
+    )
     try:
         yield found
     finally:
         found.destroy()
-
-
-def _cli(
-    *args: str, timeout: float = START_UP_LIMIT_S, env: dict[str, str] | None = None
-) -> tuple[subprocess.CompletedProcess[str], float]:
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    return result, time.monotonic() - started
 
 
 # -- the worker exports through each kind of secured listener ---------------------------
@@ -249,7 +158,7 @@ def _cli(
 @pytest.mark.parametrize("case", ["sasl-plain", "sasl-ssl-scram-sha-512", "mtls", "msk-iam"])
 def test_export_through_a_secured_listener(
     listeners: Listeners,
-    setup: Setup,
+    setup: Deployment,
     case: str,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -259,42 +168,19 @@ def test_export_through_a_secured_listener(
         monkeypatch.setenv("PYTHONPATH", str(OAUTH_STUB))
         monkeypatch.setenv("TEST_UNSECURED_MSK_IAM_TOKENS", "1")
     setup.create()
-    worker = WorkerProcess(setup.config(kafka_security(listeners, case)), setup.workdir)
+    worker = setup.worker(kafka=kafka_security(listeners, case))
     started = time.monotonic()
     try:
         worker.start()  # preflight, changelog topics, group join, table recovery: all secured
         ready_s = time.monotonic() - started
         profile = f"p-{case}"
         ids = {"ecid": [{"id": f"ecid-{setup.name}"}]}
-        run_sync(
-            produce(
-                setup.stack.kafka_bootstrap,
-                [
-                    (
-                        setup.p_topic,
-                        profile.encode(),
-                        profile_update(profile, {"person": {"email": "s@x.io"}}, ids),
-                    )
-                ],
-            )
+        setup.send(
+            ("p", profile, profile_update(profile, {"person": {"email": "s@x.io"}}, ids)),
+            ("q", profile, qualification(profile, SEGMENT, "realized", "2024-01-01T00:00:00Z")),
+            timeout=30,
         )
-        deadline = time.monotonic() + 30
-        while worker.metric("kd_events_total") < 1:
-            assert time.monotonic() < deadline, f"profile update not consumed:\n{worker.log()}"
-            time.sleep(0.1)
-        run_sync(
-            produce(
-                setup.stack.kafka_bootstrap,
-                [
-                    (
-                        setup.q_topic,
-                        profile.encode(),
-                        qualification(profile, SEGMENT, "realized", "2024-01-01T00:00:00Z"),
-                    )
-                ],
-            )
-        )
-        records = StreamReader(setup.kinesis, setup.stream).wait_for(f"ecid-{setup.name}", 1)
+        records = setup.records(0, f"ecid-{setup.name}", 1)
         assert records == [
             {
                 "person": {"email": "s@x.io"},
@@ -324,28 +210,42 @@ def test_export_through_a_secured_listener(
 
 @pytest.mark.parametrize("case", ["sasl-plain", "sasl-scram-sha-256", "sasl-ssl-scram-sha-512"])
 def test_check_passes_with_the_right_credentials(
-    listeners: Listeners, setup: Setup, case: str
+    listeners: Listeners, setup: Deployment, case: str
 ) -> None:
     setup.create()
-    result, _ = _cli("check", "--config", str(setup.write(kafka_security(listeners, case))))
+    result, _ = cli(
+        "check",
+        "--config",
+        str(setup.write_config(kafka=kafka_security(listeners, case))),
+        timeout=START_UP_LIMIT_S,
+    )
     assert result.returncode == 0, result.stderr
     assert "ok  kafka: input topics co-partitioned (2 partitions)" in result.stdout
 
 
 @pytest.mark.parametrize("case", ["sasl-plain", "sasl-ssl-scram-sha-512"])
 def test_a_wrong_password_stops_check_and_run_at_once(
-    listeners: Listeners, setup: Setup, case: str
+    listeners: Listeners, setup: Deployment, case: str
 ) -> None:
     setup.create()
-    path = setup.write(kafka_security(listeners, case, password=WRONG_PASSWORD))
+    path = setup.write_config(kafka=kafka_security(listeners, case, password=WRONG_PASSWORD))
 
-    check, check_s = _cli("check", "--config", str(path))
+    check, check_s = cli("check", "--config", str(path), timeout=START_UP_LIMIT_S)
     assert check.returncode == 1, check.stdout + check.stderr
     assert "FAIL kafka: kafka.sasl_password:" in check.stderr
     assert f"refused user '{SASL_USER}'" in check.stderr
 
     data_dir, port = str(setup.workdir / "data"), str(free_port())
-    run, run_s = _cli("run", "--config", str(path), "--data-dir", data_dir, "--web-port", port)
+    run, run_s = cli(
+        "run",
+        "--config",
+        str(path),
+        "--data-dir",
+        data_dir,
+        "--web-port",
+        port,
+        timeout=START_UP_LIMIT_S,
+    )
     assert run.returncode == 2, run.stdout + run.stderr
     # Either the message names the key (preflight explains the failure), or it says
     # Kafka cannot be reached and the log line before it gives the broker's reason.
@@ -359,11 +259,11 @@ def test_a_wrong_password_stops_check_and_run_at_once(
     assert max(check_s, run_s) < START_UP_LIMIT_S
 
 
-def test_a_refused_msk_iam_token_is_reported(listeners: Listeners, setup: Setup) -> None:
+def test_a_refused_msk_iam_token_is_reported(listeners: Listeners, setup: Deployment) -> None:
     # A real, AWS-signed token: the local broker's unsecured validator refuses it, like
     # MSK refuses a token whose identity lacks kafka-cluster:Connect.
-    path = setup.write(kafka_security(listeners, "msk-iam"))
-    result, seconds = _cli("check", "--config", str(path), env=FAKE_AWS)
+    path = setup.write_config(kafka=kafka_security(listeners, "msk-iam"))
+    result, seconds = cli("check", "--config", str(path), timeout=START_UP_LIMIT_S, env=FAKE_AWS)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL kafka: kafka.sasl_mechanism: " in result.stderr, result.stderr
     assert "after the AWS_MSK_IAM login" in result.stderr
@@ -400,7 +300,7 @@ def test_a_refused_msk_iam_token_is_reported(listeners: Listeners, setup: Setup)
     ],
 )
 def test_check_names_the_key_of_a_connection_mistake(
-    listeners: Listeners, setup: Setup, case: str, change: dict[str, Any], expected: str
+    listeners: Listeners, setup: Deployment, case: str, change: dict[str, Any], expected: str
 ) -> None:
     kafka = kafka_security(listeners, case)
     for key, value in change.items():
@@ -411,7 +311,9 @@ def test_check_names_the_key_of_a_connection_mistake(
     if kafka.get("sasl_mechanism") is None:
         for key in ("sasl_mechanism", "sasl_username", "sasl_password"):
             kafka.pop(key, None)
-    result, seconds = _cli("check", "--config", str(setup.write(kafka)))
+    result, seconds = cli(
+        "check", "--config", str(setup.write_config(kafka=kafka)), timeout=START_UP_LIMIT_S
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert expected.format(address=kafka["bootstrap_servers"]) in result.stderr, result.stderr
     assert seconds < START_UP_LIMIT_S

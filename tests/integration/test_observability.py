@@ -15,7 +15,6 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.test_pipeline import SEG_A, SEG_B, Deployment, ecid
+from tests.integration.harness import SEG_A, SEG_B, Deployment, ecid, unique
 from tests.support import (
     REPO,
     ProxyThread,
     Stack,
     WorkerProcess,
     free_port,
-    produce,
     profile_update,
     prometheus_tool,
     qualification,
-    run_sync,
 )
 
 DASHBOARDS = REPO / "grafana" / "dashboards"
@@ -130,23 +127,20 @@ def concrete(expr: str) -> str:
 
 @pytest.fixture
 def live(stack: Stack, tmp_path: Path) -> Iterator[tuple[Deployment, list[WorkerProcess], Any]]:
-    deployment = Deployment(stack, f"it-obs-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
-    deployment.create()
-    proxy = ProxyThread(stack.kinesis_endpoint)
-    try:
-        workers = [deployment.worker(f"worker-{i}") for i in range(2)]
-        for worker in workers:
-            for destination in worker.config["destinations"]:
-                destination["endpoint_url"] = proxy.url
-            worker.start(wait_ready=False)
-        for worker in workers:
-            worker.wait_ready()
-        yield deployment, workers, proxy
-    finally:
-        for worker in deployment.workers:
-            worker.stop()
-        proxy.close()
-        deployment.destroy()
+    with (
+        Deployment(stack, unique("it-obs"), tmp_path, partitions=4) as deployment,
+        ProxyThread(stack.kinesis_endpoint) as proxy,
+    ):
+        workers = [deployment.worker(f"worker-{i}", endpoint_url=proxy.url) for i in range(2)]
+        try:
+            for worker in workers:
+                worker.start(wait_ready=False)
+            for worker in workers:
+                worker.wait_ready()
+            yield deployment, workers, proxy
+        finally:
+            for worker in deployment.workers:
+                worker.stop()
 
 
 def total(workers: list[WorkerProcess], name: str, **labels: str) -> float:
@@ -165,8 +159,8 @@ def test_every_dashboard_panel_and_alert_rule_has_live_data(
             (deployment.p_topic, p.encode(), profile_update(p, {"person": {"email": p}}, ecid(p)))
             for p in profiles
         ]
+        deployment.send_raw(messages)
         sent = len(messages)
-        run_sync(produce(deployment.stack.kafka_bootstrap, messages))
         wait_for(lambda: total(workers, "kd_events_total") >= sent, workers)
         qualifications: list[tuple[str, bytes | None, bytes | None]] = [
             (deployment.q_topic, p.encode(), qualification(p, segment, "realized", when))
@@ -174,7 +168,7 @@ def test_every_dashboard_panel_and_alert_rule_has_live_data(
             for segment, when in ((SEG_A, "2021-01-01T00:00:00Z"), (SEG_B, "2021-01-01T00:00:01Z"))
         ]
         qualifications += [(deployment.q_topic, b"bad", b"{not json")] * 3
-        run_sync(produce(deployment.stack.kafka_bootstrap, qualifications))
+        deployment.send_raw(qualifications)
         sent += len(qualifications)
         wait_for(lambda: total(workers, "kd_events_total") >= sent, workers)
         assert total(workers, "kd_dead_letters_total", reason="invalid_json") == 3

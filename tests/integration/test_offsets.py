@@ -14,56 +14,19 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import NewTopic
 
-from tests.integration.test_pipeline import SEG_A, Deployment, ecid, stalled, ups
-from tests.support import (
-    Stack,
-    WorkerProcess,
-    admin_call,
-    profile_update,
-    qualification,
-    run_sync,
+from tests.integration.harness import (
+    SEG_A,
+    Deployment,
+    ecid,
+    stalled,
+    unique,
+    ups,
+    wait_committed_to_the_end,
 )
-
-
-async def _offsets(
-    bootstrap: str, group: str, topics: list[str], partitions: int
-) -> dict[Any, tuple[int, int]]:
-    """(committed, end offset) of every partition of the topics."""
-    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    committed = await admin_call(bootstrap, lambda a: a.list_consumer_group_offsets(group))
-    return {tp: (committed[tp].offset if tp in committed else -1, ends[tp]) for tp in tps}
-
-
-def wait_committed_to_the_end(
-    deployment: Deployment, worker: WorkerProcess, timeout: float = 30
-) -> None:
-    topics = [deployment.q_topic, deployment.p_topic]
-    deadline = time.monotonic() + timeout
-    while True:
-        offsets = run_sync(
-            _offsets(
-                deployment.stack.kafka_bootstrap, deployment.name, topics, deployment.partitions
-            )
-        )
-        behind = {f"{tp.topic}[{tp.partition}]": o for tp, o in offsets.items() if o[0] != o[1]}
-        if not behind:
-            return
-        assert time.monotonic() < deadline, (
-            f"commits (committed, end) not at the end after {timeout}s: {behind}\n{worker.log()}"
-        )
-        time.sleep(0.5)
+from tests.support import Stack, WorkerProcess, profile_update, qualification, run_sync
 
 
 async def _transactions(bootstrap: str, transactions: list[list[tuple[str, str, bytes]]]) -> None:
@@ -104,9 +67,7 @@ async def _slow_transaction(
 
 
 def test_a_transactional_producer_commits_to_the_end_offsets(stack: Stack, tmp_path: Path) -> None:
-    deployment = Deployment(stack, f"it-txn-{uuid.uuid4().hex[:6]}", tmp_path, partitions=3)
-    deployment.create()
-    try:
+    with Deployment(stack, unique("it-txn"), tmp_path, partitions=3) as deployment:
         profiles = [f"t-{i:03d}" for i in range(60)]
         q, p = deployment.q_topic, deployment.p_topic
 
@@ -174,8 +135,6 @@ def test_a_transactional_producer_commits_to_the_end_offsets(stack: Stack, tmp_p
         assert restarted.metric("kd_fetch_restarts_total") == 0
         assert restarted.repairs() == []
         restarted.stop()
-    finally:
-        deployment.destroy()
 
 
 async def _first_offset(bootstrap: str, topic: str) -> int | None:
@@ -193,8 +152,6 @@ async def _first_offset(bootstrap: str, topic: str) -> int | None:
 
 
 def test_a_compacted_profile_topic_commits_to_the_end_offsets(stack: Stack, tmp_path: Path) -> None:
-    name = f"it-cmp-{uuid.uuid4().hex[:6]}"
-    deployment = Deployment(stack, name, tmp_path, partitions=1)
     compact = {
         "cleanup.policy": "compact",
         "segment.ms": "100",
@@ -202,14 +159,9 @@ def test_a_compacted_profile_topic_commits_to_the_end_offsets(stack: Stack, tmp_
         "min.compaction.lag.ms": "0",
         "delete.retention.ms": "100",
     }
-    topics = [
-        NewTopic(deployment.q_topic, 1, 1),
-        NewTopic(deployment.p_topic, 1, 1, topic_configs=compact),
-    ]
-    run_sync(admin_call(stack.kafka_bootstrap, lambda a: a.create_topics(topics)))
-    for stream in deployment.streams:
-        deployment.kinesis.create_stream(StreamName=stream, ShardCount=2)
-    try:
+    with Deployment(
+        stack, unique("it-cmp"), tmp_path, partitions=1, p_config=compact
+    ) as deployment:
         x = "c-0001"
         key = f"ecid-{x}"
 
@@ -254,8 +206,6 @@ def test_a_compacted_profile_topic_commits_to_the_end_offsets(stack: Stack, tmp_
         wait_committed_to_the_end(deployment, restarted)
         assert restarted.metric("kd_hole_replays_total") == 0
         restarted.stop()
-    finally:
-        deployment.destroy()
 
 
 async def _produce_spaced(bootstrap: str, topic: str, profile: str) -> None:

@@ -8,39 +8,42 @@ records is exact once the marker's record is there.
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import yaml
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import NewTopic
 
+from tests.integration.harness import (
+    SEG_A,
+    SEG_B,
+    SEG_C,
+    SEG_UNMAPPED,
+    Deployment,
+    Report,
+    cli,
+    ecid,
+    entered_then_left,
+    seg_a_events,
+    stalled,
+    unique,
+    ups,
+)
 from tests.support import (
-    REPO,
     ProxyThread,
     Stack,
     StreamReader,
-    WorkerProcess,
-    admin_call,
     consume_all,
-    produce,
     profile_update,
     qualification,
     run_sync,
 )
 
-SEG_A = "7841ba61-23c1-4bb3-a495-00d3g5fe1e93"  # the seed page's exited segment
-SEG_B = "59bd2fkd-3c48-4b18-bf56-4f5c5e6967ae"  # the seed page's existing segment
-SEG_C = "c0ffee00-0000-4000-8000-second-only"
-SEG_UNMAPPED = "deadbeef-0000-4000-8000-not-mapped"
+# bench/recovery.py imports these from here; they live in tests/integration/harness.py.
+__all__ = ["SEG_A", "Deployment", "ecid"]
 
 SEED_RECORD: dict[str, Any] = {
     "person": {"email": "yourstruly@adobe.con"},
@@ -63,141 +66,9 @@ SEED_RECORD: dict[str, Any] = {
 }
 
 
-class Deployment:
-    """Topics, streams and a configuration for one worker set-up."""
-
-    def __init__(self, stack: Stack, name: str, workdir: Path, partitions: int = 3) -> None:
-        self.stack = stack
-        self.name = name
-        self.workdir = workdir
-        self.partitions = partitions
-        self.q_topic = f"{name}-qualifications"
-        self.p_topic = f"{name}-profiles"
-        self.dlq_topic = f"{name}-dlq"
-        self.streams = [f"{name}-seed", f"{name}-second"]
-        self.kinesis = stack.kinesis()
-        self.readers = {s: StreamReader(self.kinesis, s) for s in self.streams}
-        self.workers: list[WorkerProcess] = []
-        self.sent = 0  # events sent since the last worker started
-
-    def config(self, **runtime: Any) -> dict[str, Any]:
-        endpoint = self.stack.kinesis_endpoint
-        auth = {"access_key_id": "testing", "secret_access_key": "testing"}
-        return {
-            "app_id": self.name,
-            "kafka": {
-                "bootstrap_servers": self.stack.kafka_bootstrap,
-                "qualifications_topic": self.q_topic,
-                "profiles_topic": self.p_topic,
-                "dlq_topic": self.dlq_topic,
-            },
-            "destinations": [
-                {
-                    "name": "Seed page",
-                    "stream": self.streams[0],
-                    "region": "us-east-1",
-                    "endpoint_url": endpoint,
-                    "auth": auth,
-                    "partition_key_namespaces": ["ecid", "email_lc_sha256"],
-                    "segments": [{"id": SEG_A}, {"id": SEG_B}],
-                    "attributes": ["person.email"],
-                },
-                {
-                    "name": "Second",
-                    "stream": self.streams[1],
-                    "region": "us-east-1",
-                    "endpoint_url": endpoint,
-                    "auth": auth,
-                    "include_segment_names": True,
-                    "include_segment_timestamps": True,
-                    "partition_key_namespaces": ["email_lc_sha256"],
-                    "segments": [
-                        {
-                            "id": SEG_B,
-                            "name": "Downloaded the white paper",
-                            "created_at": 1590000000000,
-                            "updated_at": 1590000001000,
-                            "mapping_created_at": 1590000002000,
-                            "mapping_updated_at": 1590000003000,
-                        },
-                        {"id": SEG_C, "name": "Second only"},
-                    ],
-                    "attributes": ["person.name.firstName", "loyalty.tier"],
-                },
-            ],
-            "runtime": {
-                "store": "memory://",
-                "batch_linger_ms": 20,
-                "session_timeout_ms": 6000,  # a killed worker's partitions move on quickly
-                **runtime,
-            },
-        }
-
-    def create(self, q_partitions: int | None = None) -> None:
-        topics = [
-            NewTopic(self.q_topic, q_partitions or self.partitions, 1),
-            NewTopic(self.p_topic, self.partitions, 1),
-        ]
-        run_sync(admin_call(self.stack.kafka_bootstrap, lambda a: a.create_topics(topics)))
-        for stream in self.streams:
-            self.kinesis.create_stream(StreamName=stream, ShardCount=2)
-
-    def destroy(self) -> None:
-        for worker in self.workers:
-            worker.kill()
-
-        async def delete(admin: Any) -> None:
-            names = [t for t in await admin.list_topics() if t.startswith(self.name)]
-            if names:
-                await admin.delete_topics(names)
-
-        run_sync(admin_call(self.stack.kafka_bootstrap, delete))
-        for stream in self.streams:
-            with contextlib.suppress(Exception):  # already gone
-                self.kinesis.delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
-
-    def worker(
-        self, name: str = "worker", data_dir: Path | None = None, **runtime: Any
-    ) -> WorkerProcess:
-        worker = WorkerProcess(self.config(**runtime), self.workdir, name, data_dir)
-        self.workers.append(worker)
-        self.sent = 0
-        return worker
-
-    def send(self, *messages: tuple[str, str, bytes | None]) -> None:
-        """(topic, profile id, value) in order; topic is "q" or "p".
-
-        Kafka orders events within a partition of ONE topic; across the two
-        topics the worker may read either first. So each run of messages to
-        one topic is sent, then waited for, before the next run.
-        """
-        topics = {"q": self.q_topic, "p": self.p_topic}
-        run: list[tuple[str, bytes, bytes | None]] = []
-        for position, (topic, key, value) in enumerate(messages):
-            run.append((topics[topic], key.encode(), value))
-            last = position == len(messages) - 1
-            if last or messages[position + 1][0] != topic:
-                run_sync(produce(self.stack.kafka_bootstrap, run))
-                self.sent += len(run)
-                run = []
-                if not last:
-                    self.wait_consumed()
-
-    def wait_consumed(self, timeout: float = 60) -> None:
-        """Waits until the running worker counted every event sent since it started."""
-        worker = self.workers[-1]
-        deadline = time.monotonic() + timeout
-        while worker.metric("kd_events_total") < self.sent:
-            assert time.monotonic() < deadline, f"worker consumed too little:\n{worker.log()}"
-            time.sleep(0.1)
-
-    def records(self, stream: int, key: str, count: int, timeout: float = 30) -> list[Any]:
-        return self.readers[self.streams[stream]].wait_for(key, count, timeout)
-
-
 @pytest.fixture(scope="module")
 def deployment(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    name = f"it-{uuid.uuid4().hex[:8]}"
+    name = unique("it")
     found = Deployment(stack, name, tmp_path_factory.mktemp(name))
     found.create()
     worker = found.worker()
@@ -209,15 +80,6 @@ def deployment(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         worker.stop()
         found.destroy()
         print(log)
-
-
-def ecid(tag: str) -> dict[str, Any]:
-    return {"ecid": [{"id": f"ecid-{tag}"}]}
-
-
-def ups(record: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = record["segmentMembership"]["ups"]
-    return result
 
 
 def test_seed_page_record_reproduced(deployment: Deployment) -> None:
@@ -449,9 +311,7 @@ def test_restart_recovers_state(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
     """memory:// rebuilds the tables from the changelog; rocksdb:// reopens them from disk."""
-    deployment = Deployment(stack, f"it-restart-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
-    deployment.create()
-    try:
+    with Deployment(stack, unique("it-restart"), tmp_path, partitions=4) as deployment:
         profiles = [f"r-{i:05d}" for i in range(2000)]
         worker = deployment.worker()
         worker.start()
@@ -499,14 +359,11 @@ def test_restart_recovers_state(
         assert restarted.stop() == 0
         with capsys.disabled():
             print(f"\n[restart {store}] {len(profiles)} profiles: ready again in {recovery_s:.2f}s")
-    finally:
-        deployment.destroy()
 
 
 def test_refuses_topics_that_are_not_co_partitioned(stack: Stack, tmp_path: Path) -> None:
-    deployment = Deployment(stack, f"it-copart-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
-    deployment.create(q_partitions=3)
-    try:
+    copartitioned = Deployment(stack, unique("it-copart"), tmp_path, partitions=2, q_partitions=3)
+    with copartitioned as deployment:
         worker = deployment.worker()
         worker.start(wait_ready=False)
         assert worker.process is not None
@@ -514,105 +371,40 @@ def test_refuses_topics_that_are_not_co_partitioned(stack: Stack, tmp_path: Path
         assert code != 0
         assert "kafka.profiles_topic" in worker.log()
         assert "co-partitioned" in worker.log()
-    finally:
-        deployment.destroy()
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 def test_bad_configuration_stops_at_start_naming_the_key(tmp_path: Path, stack: Stack) -> None:
-    config = Deployment(stack, "unused", tmp_path).config()
+    unused = Deployment(stack, "unused", tmp_path)
+    config = unused.config()
     config["destinations"][0]["segmets"] = config["destinations"][0].pop("segments")
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = _cli("run", "--config", str(path))
+    result, _ = cli("run", "--config", str(unused.write_config("bad.yaml", config)))
     assert result.returncode == 2
     assert "destinations.0.segmets: unknown key" in result.stderr
     assert "destinations.0.segments: required key is missing" in result.stderr
 
 
 def test_check_command(stack: Stack, tmp_path: Path) -> None:
-    deployment = Deployment(stack, f"it-check-{uuid.uuid4().hex[:6]}", tmp_path)
-    path = tmp_path / "check.yaml"
-    path.write_text(yaml.safe_dump(deployment.config()))
-    missing = _cli("check", "--config", str(path))
+    deployment = Deployment(stack, unique("it-check"), tmp_path)
+    path = deployment.write_config("check.yaml")
+    missing, _ = cli("check", "--config", str(path))
     assert missing.returncode == 1
     assert f"stream '{deployment.streams[0]}'" in missing.stderr
     assert "ResourceNotFoundException" in missing.stderr
-    deployment.create()
-    try:
-        result = _cli("check", "--config", str(path))
+    with deployment:
+        result, _ = cli("check", "--config", str(path))
         assert result.returncode == 0, result.stderr
         assert "ACTIVE" in result.stdout
-    finally:
-        deployment.destroy()
 
 
-def entered_then_left(
-    deployment: Deployment, profiles: list[str], timeout: float
-) -> tuple[int, int]:
-    """Waits until every profile's records end with SEG_A exited; checks that each
-    profile got realized then exited, in that order (repeats allowed).
-    Returns (records read, keys out of order or incomplete)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        # Each time a fresh read of every shard: an incremental reader can miss
-        # records that the endpoint appends while it reads.
-        reader = StreamReader(deployment.kinesis, deployment.streams[0])
-        reader.poll()
-        statuses: dict[str, list[str]] = {}
-        for key, record in reader.records:
-            statuses.setdefault(key, []).append(ups(record)[SEG_A]["status"])
-        done = sum(1 for s in statuses.values() if s and s[-1] == "exited")
-        if done == len(profiles) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert set(statuses) == {f"ecid-{p}" for p in profiles}, "every profile exported"
-    violations = 0
-    for seen in statuses.values():
-        # Duplicates are allowed after a crash or a lost reply; loss and reordering are not.
-        collapsed = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]
-        violations += collapsed != ["realized", "exited"]
-    return len(reader.records), violations
-
-
-def stalled(worker: WorkerProcess) -> str:
-    """What a worker that stopped exporting was doing: its kd_ metrics and its log."""
-    _, body = worker.get("/metrics")
-    state = [line for line in body.decode().splitlines() if line.startswith("kd_")]
-    return "\n".join([*state, worker.log(120)])
-
-
-def test_killing_the_worker_loses_nothing(
-    stack: Stack,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    record_property: Callable[[str, object], None],
-) -> None:
+def test_killing_the_worker_loses_nothing(stack: Stack, tmp_path: Path, report: Report) -> None:
     """SIGKILL, then SIGTERM, mid-stream: each profile still gets realized then exited,
     and no restarted worker needed a last-resort repair (watchdog, hole replay)."""
-    deployment = Deployment(stack, f"it-kill-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
-    deployment.create()
-    try:
+    with Deployment(stack, unique("it-kill"), tmp_path, partitions=4) as deployment:
         profiles = [f"k-{i:05d}" for i in range(3000)]
         reader = deployment.readers[deployment.streams[0]]
         deployment.send(
-            *[
-                ("q", p, qualification(p, SEG_A, "realized", "2021-07-01T00:00:00Z", ecid(p)))
-                for p in profiles
-            ],
-            *[
-                ("q", p, qualification(p, SEG_A, "exited", "2021-07-02T00:00:00Z", ecid(p)))
-                for p in profiles
-            ],
+            *seg_a_events(profiles, "realized", "2021-07-01T00:00:00Z"),
+            *seg_a_events(profiles, "exited", "2021-07-02T00:00:00Z"),
         )
         workers = []
         figures: dict[str, float] = {}
@@ -640,32 +432,23 @@ def test_killing_the_worker_loses_nothing(
         assert not repairs, "a last-resort repair was needed:\n" + "\n".join(repairs)
         duplicates = received - 2 * len(profiles)
         figures["duplicates"] = duplicates
-        record_property("kill", orjson.dumps(figures).decode())
-        with capsys.disabled():
-            print(
-                f"\n[kill] {2 * len(profiles)} exports expected, {received} received "
-                f"after a SIGKILL and a SIGTERM: {duplicates} duplicates, 0 lost, 0 out of order, "
-                f"no repair; ready after {figures['round1_ready_s']:.1f}s (after the SIGKILL) "
-                f"and {figures['round2_ready_s']:.1f}s (after the SIGTERM)"
-            )
-    finally:
-        deployment.destroy()
+        report(
+            "kill",
+            figures,
+            f"\n[kill] {2 * len(profiles)} exports expected, {received} received "
+            f"after a SIGKILL and a SIGTERM: {duplicates} duplicates, 0 lost, 0 out of order, "
+            f"no repair; ready after {figures['round1_ready_s']:.1f}s (after the SIGKILL) "
+            f"and {figures['round2_ready_s']:.1f}s (after the SIGTERM)",
+        )
 
 
 def test_sigterm_finishes_in_flight_batches_and_commits(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A SIGTERM mid-stream finishes what was taken: after the restart nothing repeats."""
-    deployment = Deployment(stack, f"it-term-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
-    deployment.create()
-    try:
+    with Deployment(stack, unique("it-term"), tmp_path, partitions=4) as deployment:
         profiles = [f"t-{i:05d}" for i in range(6000)]
-        deployment.send(
-            *[
-                ("q", p, qualification(p, SEG_A, "realized", "2021-08-01T00:00:00Z", ecid(p)))
-                for p in profiles
-            ]
-        )
+        deployment.send(*seg_a_events(profiles, "realized", "2021-08-01T00:00:00Z"))
         reader = StreamReader(deployment.kinesis, deployment.streams[0])
         worker = deployment.worker(batch_max_events=500)
         worker.start()
@@ -689,8 +472,6 @@ def test_sigterm_finishes_in_flight_batches_and_commits(
         assert len(keys) == len(profiles), f"{len(keys) - len(profiles)} records sent twice"
         with capsys.disabled():
             print(f"\n[sigterm] stopped in {stop_s:.2f}s; {len(keys)} records, 0 duplicates")
-    finally:
-        deployment.destroy()
 
 
 def test_sigterm_during_an_outage_stops_within_the_deadline(
@@ -698,21 +479,15 @@ def test_sigterm_during_an_outage_stops_within_the_deadline(
 ) -> None:
     """Kinesis refuses everything, SIGTERM: the worker exits after shutdown_timeout_s
     with the batch unacknowledged, and the next worker delivers it."""
-    deployment = Deployment(stack, f"it-out-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
-    deployment.create()
-    proxy = ProxyThread(stack.kinesis_endpoint)
-    try:
+    with (
+        Deployment(stack, unique("it-out"), tmp_path, partitions=2) as deployment,
+        ProxyThread(stack.kinesis_endpoint) as proxy,
+    ):
         profiles = [f"o-{i:04d}" for i in range(400)]
-        message = [
-            ("q", p, qualification(p, SEG_A, "realized", "2021-09-01T00:00:00Z", ecid(p)))
-            for p in profiles
-        ]
-        worker = deployment.worker(shutdown_timeout_s=3)
-        for destination in worker.config["destinations"]:
-            destination["endpoint_url"] = proxy.url
+        worker = deployment.worker(endpoint_url=proxy.url, shutdown_timeout_s=3)
         worker.start()
         proxy.proxy.faults.outage_for(600)
-        deployment.send(*message)
+        deployment.send(*seg_a_events(profiles, "realized", "2021-09-01T00:00:00Z"))
         time.sleep(3)  # the batch is taken and stuck in retries
         started = time.monotonic()
         assert worker.stop(timeout=30) == 0, worker.log()
@@ -720,17 +495,9 @@ def test_sigterm_during_an_outage_stops_within_the_deadline(
         assert "unacknowledged events will be replayed" in worker.log(400)
         proxy.proxy.faults.clear()
         deployment.worker("after").start()
-        reader = deployment.readers[deployment.streams[0]]
-        deadline = time.monotonic() + 60
-        while len({k for k, _ in reader.records}) < len(profiles):
-            assert time.monotonic() < deadline, "records lost"
-            reader.poll()
-            time.sleep(0.2)
+        deployment.wait_keys(len(profiles), 60, "records lost")
         with capsys.disabled():
             print(f"\n[outage+sigterm] stopped in {stop_s:.2f}s, {len(profiles)} records after")
-    finally:
-        proxy.close()
-        deployment.destroy()
 
 
 def test_a_worker_that_completes_no_batch_fails_its_health_check(
@@ -739,23 +506,16 @@ def test_a_worker_that_completes_no_batch_fails_its_health_check(
     """Kinesis refuses every put: past runtime.stall_timeout_s, /healthz answers 503
     and kd_batch_stalled_seconds says for how long; once the stream accepts, the
     worker recovers by itself and delivers everything."""
-    deployment = Deployment(stack, f"it-stall-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
-    deployment.create()
-    proxy = ProxyThread(stack.kinesis_endpoint)
-    try:
-        worker = deployment.worker(stall_timeout_s=10)
-        for destination in worker.config["destinations"]:
-            destination["endpoint_url"] = proxy.url
+    with (
+        Deployment(stack, unique("it-stall"), tmp_path, partitions=2) as deployment,
+        ProxyThread(stack.kinesis_endpoint) as proxy,
+    ):
+        worker = deployment.worker(endpoint_url=proxy.url, stall_timeout_s=10)
         worker.start()
         assert worker.get("/healthz")[0] == 200
         proxy.proxy.faults.outage_for(600)
         profiles = [f"h-{i:04d}" for i in range(50)]
-        deployment.send(
-            *[
-                ("q", p, qualification(p, SEG_A, "realized", "2021-09-01T00:00:00Z", ecid(p)))
-                for p in profiles
-            ]
-        )
+        deployment.send(*seg_a_events(profiles, "realized", "2021-09-01T00:00:00Z"))
         started = time.monotonic()
         while worker.get("/healthz")[0] == 200:
             assert time.monotonic() - started < 60, "/healthz stayed 200"
@@ -766,12 +526,7 @@ def test_a_worker_that_completes_no_batch_fails_its_health_check(
         assert b"no batch completed" in body
         assert worker.metric("kd_batch_stalled_seconds") > 10
         proxy.proxy.faults.clear()
-        reader = deployment.readers[deployment.streams[0]]
-        deadline = time.monotonic() + 60
-        while len({k for k, _ in reader.records}) < len(profiles):
-            assert time.monotonic() < deadline, "records lost after the outage"
-            reader.poll()
-            time.sleep(0.2)
+        deployment.wait_keys(len(profiles), 60, "records lost after the outage")
         deadline = time.monotonic() + 10
         while worker.get("/healthz")[0] != 200:
             assert time.monotonic() < deadline, "/healthz did not recover"
@@ -779,9 +534,6 @@ def test_a_worker_that_completes_no_batch_fails_its_health_check(
         assert worker.metric("kd_batch_stalled_seconds") == 0
         with capsys.disabled():
             print(f"\n[stall] /healthz 503 {failed_after:.1f}s after the outage began")
-    finally:
-        proxy.close()
-        deployment.destroy()
 
 
 def _rss_bytes(pid: int) -> int:
@@ -797,25 +549,20 @@ def test_memory_stays_flat_during_a_throttling_storm(
     """Kinesis throttles every record for 60 s while events keep coming: the worker
     stops reading at its buffer bound, its RSS stays flat, and nothing is lost."""
     buffer = 4 * 1024 * 1024
-    deployment = Deployment(stack, f"it-storm-{uuid.uuid4().hex[:6]}", tmp_path, partitions=2)
-    deployment.create()
-    proxy = ProxyThread(stack.kinesis_endpoint)
-    try:
+    with (
+        Deployment(stack, unique("it-storm"), tmp_path, partitions=2) as deployment,
+        ProxyThread(stack.kinesis_endpoint) as proxy,
+    ):
         # Many events per batch: the byte bound, not the event count, must hold.
-        worker = deployment.worker(max_buffer_bytes=buffer, batch_max_events=50_000)
-        for destination in worker.config["destinations"]:
-            destination["endpoint_url"] = proxy.url
+        worker = deployment.worker(
+            endpoint_url=proxy.url, max_buffer_bytes=buffer, batch_max_events=50_000
+        )
         worker.start()
         assert worker.process is not None
         pid = worker.process.pid
         proxy.proxy.faults.throttle_share = 1.0
         profiles = [f"s-{i:05d}" for i in range(40_000)]
-        deployment.send(
-            *[
-                ("q", p, qualification(p, SEG_A, "realized", "2021-10-01T00:00:00Z", ecid(p)))
-                for p in profiles
-            ]
-        )
+        deployment.send(*seg_a_events(profiles, "realized", "2021-10-01T00:00:00Z"))
         samples: list[int] = []
         buffered: list[float] = []
         storm_started = time.monotonic()
@@ -828,12 +575,7 @@ def test_memory_stays_flat_during_a_throttling_storm(
         assert max(buffered) <= buffer + 1024, "the input buffer stays within its bound"
         assert growth < buffer + 32 * 1024 * 1024, f"RSS grew {growth / 2**20:.1f} MiB"
         proxy.proxy.faults.clear()
-        reader = deployment.readers[deployment.streams[0]]
-        deadline = time.monotonic() + 120
-        while len({k for k, _ in reader.records}) < len(profiles):
-            assert time.monotonic() < deadline, "records lost after the storm"
-            reader.poll()
-            time.sleep(0.5)
+        deployment.wait_keys(len(profiles), 120, "records lost after the storm", interval=0.5)
         with capsys.disabled():
             print(
                 f"\n[storm] 60 s of 100% throttling, {len(profiles)} events: RSS "
@@ -841,9 +583,6 @@ def test_memory_stays_flat_during_a_throttling_storm(
                 f"(+{growth / 2**20:.1f} MiB), buffer max {max(buffered) / 2**20:.2f} MiB "
                 f"of {buffer / 2**20:.0f}; all delivered after"
             )
-    finally:
-        proxy.close()
-        deployment.destroy()
 
 
 def test_end_to_end_through_throttling_an_outage_and_dropped_connections(
@@ -851,26 +590,18 @@ def test_end_to_end_through_throttling_an_outage_and_dropped_connections(
 ) -> None:
     """20,000 exports through the worker while Kinesis throttles 30% of records,
     fails 5%, drops 2% of connections after writing, and is down for 20 s."""
-    deployment = Deployment(stack, f"it-e2e-{uuid.uuid4().hex[:6]}", tmp_path, partitions=4)
-    deployment.create()
-    proxy = ProxyThread(stack.kinesis_endpoint)
-    try:
-        worker = deployment.worker(batch_max_events=1000)
-        for destination in worker.config["destinations"]:
-            destination["endpoint_url"] = proxy.url
+    with (
+        Deployment(stack, unique("it-e2e"), tmp_path, partitions=4) as deployment,
+        ProxyThread(stack.kinesis_endpoint) as proxy,
+    ):
+        worker = deployment.worker(endpoint_url=proxy.url, batch_max_events=1000)
         worker.start()
         faults = proxy.proxy.faults
         faults.throttle_share, faults.internal_failure_share, faults.drop_share = 0.3, 0.05, 0.02
         profiles = [f"e-{i:05d}" for i in range(10_000)]
         deployment.send(
-            *[
-                ("q", p, qualification(p, SEG_A, "realized", "2021-11-01T00:00:00Z", ecid(p)))
-                for p in profiles
-            ],
-            *[
-                ("q", p, qualification(p, SEG_A, "exited", "2021-11-02T00:00:00Z", ecid(p)))
-                for p in profiles
-            ],
+            *seg_a_events(profiles, "realized", "2021-11-01T00:00:00Z"),
+            *seg_a_events(profiles, "exited", "2021-11-02T00:00:00Z"),
         )
         started = time.monotonic()
         time.sleep(3)
@@ -889,9 +620,6 @@ def test_end_to_end_through_throttling_an_outage_and_dropped_connections(
                 f"({counters.records_in_dropped_calls} records), outage refusals "
                 f"{counters.outage_refused}; {duplicates} duplicates, 0 lost, 0 out of order"
             )
-    finally:
-        proxy.close()
-        deployment.destroy()
 
 
 def test_a_record_kinesis_can_never_take_is_dead_lettered_and_the_worker_goes_on(
@@ -899,16 +627,10 @@ def test_a_record_kinesis_can_never_take_is_dead_lettered_and_the_worker_goes_on
 ) -> None:
     """An identity map of 1.2 MB makes a record over Kinesis's 1 MiB: it goes to the
     dead-letter topic with reason record_too_large, cut to fit, and later events flow."""
-    deployment = Deployment(stack, f"it-big-{uuid.uuid4().hex[:6]}", tmp_path, partitions=1)
     big_topic = {"max.message.bytes": str(4 * 1024 * 1024)}
-    topics = [
-        NewTopic(deployment.q_topic, 1, 1, topic_configs=big_topic),
-        NewTopic(deployment.p_topic, 1, 1),
-    ]
-    run_sync(admin_call(stack.kafka_bootstrap, lambda a: a.create_topics(topics)))
-    for stream in deployment.streams:
-        deployment.kinesis.create_stream(StreamName=stream, ShardCount=1)
-    try:
+    with Deployment(
+        stack, unique("it-big"), tmp_path, partitions=1, shards=1, q_config=big_topic
+    ) as deployment:
         worker = deployment.worker()
         worker.start()
         huge = {"ecid": [{"id": "ecid-big"}], "blob": [{"id": "x" * 1_200_000}]}
@@ -936,5 +658,3 @@ def test_a_record_kinesis_can_never_take_is_dead_lettered_and_the_worker_goes_on
         assert body["truncated"] is True
         assert body["size"] > 1024 * 1024
         assert body["source"]["topic"] == deployment.q_topic
-    finally:
-        deployment.destroy()

@@ -34,12 +34,10 @@ changelog entries, dead letters), also written to the test's tmp_path.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,25 +46,25 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from tests.support import (
-    Stack,
-    StreamReader,
-    WorkerProcess,
-    admin_call,
-    profile_update,
-    qualification,
-    run_sync,
+from tests.integration.harness import (
+    Deployment,
+    GroupMonitor,
+    LoadProducer,
+    Report,
+    Sample,
+    Sent,
+    ecid,
+    one_stream,
+    produce_recorded,
+    unique,
 )
+from tests.support import Stack, StreamReader, profile_update, qualification, run_sync
 
 PARTITIONS = 8
 PROFILES = 2500
 LAG = 800  # slots from a profile's entries to its duplicate entry and exit B, then to exit A
 RATE = 260.0  # qualification events per second, produced steadily across the phases
-CHUNK = 25  # events per produce call
 
 SEG_A = "5ca1ab1e-0000-4000-8000-00000000000a"
 SEG_B = "5ca1ab1e-0000-4000-8000-00000000000b"
@@ -101,30 +99,6 @@ class Moved:
     exits_after_exit_b: int  # exit A after the duplicate entry and exit B
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    topic: str
-    kind: str
-    profile: str
-    partition: int
-    offset: int
-    sent_at: float  # monotonic, before the produce call
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """The consumer group as Kafka saw it at ``at`` (monotonic)."""
-
-    at: float
-    state: str
-    # member id -> topic -> partitions
-    members: dict[str, dict[str, frozenset[int]]]
-    committed: dict[tuple[str, int], int]
-
-    def owners(self, topic: str) -> dict[int, str]:
-        return {p: member for member, topics in self.members.items() for p in topics[topic]}
-
-
 @dataclass
 class Change:
     name: str
@@ -138,107 +112,6 @@ class Change:
     owners_after: dict[int, str] = field(default_factory=dict)
 
 
-# -- Kafka: producing with positions, watching the group ---------------------------------
-
-
-async def _send_chunk(
-    producer: Any, chunk: Sequence[tuple[str, str, str, bytes]], sent: list[Sent]
-) -> None:
-    started = time.monotonic()
-    futures = [await producer.send(t, value, key=p.encode()) for t, _, p, value in chunk]
-    metas = await asyncio.gather(*futures)
-    sent.extend(
-        Sent(t, kind, p, m.partition, m.offset, started)
-        for (t, kind, p, _), m in zip(chunk, metas, strict=True)
-    )
-
-
-async def produce_recorded(
-    bootstrap: str, plan: Sequence[tuple[str, str, str, bytes]]
-) -> list[Sent]:
-    """Sends (topic, kind, profile, value) with the profile as key; returns where each went."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    sent: list[Sent] = []
-    try:
-        for start in range(0, len(plan), 500):
-            await _send_chunk(producer, plan[start : start + 500], sent)
-    finally:
-        await producer.stop()
-    return sent
-
-
-class LoadProducer:
-    """Produces a plan at a steady rate in a thread; stops at a gate until it is opened."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        plan: Sequence[tuple[str, str, str, bytes]],
-        rate: float,
-        gates: Sequence[tuple[int, threading.Event]],
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.plan = plan
-        self.rate = rate
-        self.gates = sorted(gates, key=lambda gate: gate[0])
-        self.sent: list[Sent] = []
-        self.ends: dict[tuple[str, int], int] = {}  # next offset per partition, as acked
-        self.error: BaseException | None = None
-        self.paused_s = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="load", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-    async def _run(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
-        await producer.start()
-        try:
-            index = 0
-            next_at = time.monotonic()
-            while index < len(self.plan) and not self._stop.is_set():
-                end = min(index + CHUNK, len(self.plan))
-                for position, opened in self.gates:
-                    if position <= index and not opened.is_set():
-                        paused = time.monotonic()
-                        while not self._stop.is_set():
-                            if await asyncio.to_thread(opened.wait, 0.1):
-                                break
-                        self.paused_s += time.monotonic() - paused
-                        next_at = time.monotonic()
-                    elif index < position < end and not opened.is_set():
-                        end = position
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                before = len(self.sent)
-                await _send_chunk(producer, self.plan[index:end], self.sent)
-                for item in self.sent[before:]:
-                    tp = (item.topic, item.partition)
-                    self.ends[tp] = max(self.ends.get(tp, 0), item.offset + 1)
-                # Steady pace; after a stall, no burst to catch up more than a second.
-                next_at = max(next_at + (end - index) / self.rate, time.monotonic() - 1.0)
-                index = end
-        finally:
-            await producer.stop()
-
-
 def left_state_of(before: Sample) -> Callable[[Sample], bool]:
     """True for a sample where the group is no longer as in ``before``: rebalancing, or
     other members."""
@@ -249,208 +122,39 @@ def left_state_of(before: Sample) -> Callable[[Sample], bool]:
     return left
 
 
-def _decode_assignment(raw: bytes, topics: Sequence[str]) -> dict[str, frozenset[int]]:
-    found: dict[str, set[int]] = {topic: set() for topic in topics}
-    if raw:
-        for topic, partitions in ConsumerProtocolMemberAssignment.decode(raw).assignment:
-            if topic in found:
-                found[topic].update(partitions)
-    return {topic: frozenset(partitions) for topic, partitions in found.items()}
-
-
-class GroupMonitor:
-    """Samples the consumer group's members, assignments and committed offsets in a thread."""
-
-    def __init__(
-        self, bootstrap: str, group: str, topics: Sequence[str], interval: float = 0.25
-    ) -> None:
-        self.group = group
-        self.topics = list(topics)
-        self.interval = interval
-        self.samples: list[Sample] = []
-        self.errors = 0
-        self.last_error: BaseException | None = None
-        self._coordinator: int | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="monitor", daemon=True)
-        self._thread.start()
-        self._admin: Any = self._call(self._connect(bootstrap))
-        self._poller = asyncio.run_coroutine_threadsafe(self._poll(), self._loop)
-
-    @staticmethod
-    async def _connect(bootstrap: str) -> Any:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-        await admin.start()
-        return admin
-
-    def _call(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    async def _sample(self) -> Sample:
-        if self._coordinator is None:
-            self._coordinator = await self._admin.find_coordinator(self.group)
-        described = await self._admin.describe_consumer_groups(
-            [self.group], group_coordinator_id=self._coordinator
-        )
-        at = time.monotonic()
-        error_code, _, state, _, _, members = described[0].groups[0][:6]
-        assert error_code == 0, f"DescribeGroups error {error_code}"
-        offsets = await self._admin.list_consumer_group_offsets(
-            self.group, group_coordinator_id=self._coordinator
-        )
-        sample = Sample(
-            at=at,
-            state=str(state),
-            members={
-                str(member[0]): _decode_assignment(member[4], self.topics) for member in members
-            },
-            committed={
-                (tp.topic, tp.partition): int(meta.offset)
-                for tp, meta in offsets.items()
-                if tp.topic in self.topics and meta.offset >= 0
-            },
-        )
-        self.samples.append(sample)
-        return sample
-
-    async def _poll(self) -> None:
-        while True:
-            try:
-                await self._sample()
-            except Exception as exc:  # a slow broker: try again, count it
-                self.errors += 1
-                self.last_error = exc
-                self._coordinator = None
-            await asyncio.sleep(self.interval)
-
-    def sample_now(self) -> Sample:
-        sample: Sample = self._call(self._sample())
-        return sample
-
-    def wait_for(
-        self,
-        what: str | Callable[[], str],
-        condition: Callable[[Sample], bool],
-        since: float,
-        timeout: float,
-    ) -> Sample:
-        """The first sample taken after ``since`` that meets ``condition``."""
-        deadline = time.monotonic() + timeout
-        index = 0
-        while True:
-            samples = self.samples[index:]
-            index += len(samples)
-            for sample in samples:
-                if sample.at > since and condition(sample):
-                    return sample
-            if time.monotonic() > deadline:
-                last = self.samples[-1] if self.samples else None
-                explained = what if isinstance(what, str) else what()
-                raise AssertionError(
-                    f"not within {timeout:.0f}s: {explained}; last sample: {last}; "
-                    f"monitor errors: {self.errors} ({self.last_error!r})"
-                )
-            time.sleep(0.05)
-
-    def first_after(self, since: float, condition: Callable[[Sample], bool]) -> Sample | None:
-        return next((s for s in list(self.samples) if s.at > since and condition(s)), None)
-
-    def close(self) -> None:
-        self._poller.cancel()
-        with contextlib.suppress(Exception):
-            self._call(self._admin.close(), timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
 # -- the deployment ------------------------------------------------------------------------
 
 
-class Scaled:
-    """Topics, a stream, workers and the group monitor of one test."""
+class Scaled(Deployment):
+    """The deployment of one test (8 partitions, one stream), with its group monitor."""
 
     def __init__(self, stack: Stack, workdir: Path) -> None:
-        self.stack = stack
-        self.workdir = workdir
-        self.name = f"it-scale-{uuid.uuid4().hex[:8]}"
-        self.q_topic = f"{self.name}-qualifications"
-        self.p_topic = f"{self.name}-profiles"
-        self.stream = f"{self.name}-stream"
-        self.kinesis = stack.kinesis()
-        self.workers: dict[str, WorkerProcess] = {}
+        super().__init__(
+            stack,
+            unique("it-scale"),
+            workdir,
+            PARTITIONS,
+            destinations=one_stream("Scaling", [SEG_A, SEG_B]),
+            shards=4,
+            runtime={"batch_max_events": 500, "batch_linger_ms": 50},
+        )
         self.member_of: dict[str, str] = {}  # group member id -> worker name
         self.monitor: GroupMonitor | None = None
         self.load: LoadProducer | None = None
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "app_id": self.name,
-            "kafka": {
-                "bootstrap_servers": self.stack.kafka_bootstrap,
-                "qualifications_topic": self.q_topic,
-                "profiles_topic": self.p_topic,
-                "dlq_topic": f"{self.name}-dlq",
-            },
-            "destinations": [
-                {
-                    "name": "Scaling",
-                    "stream": self.stream,
-                    "region": "us-east-1",
-                    "endpoint_url": self.stack.kinesis_endpoint,
-                    "auth": {"access_key_id": "testing", "secret_access_key": "testing"},
-                    "partition_key_namespaces": ["ecid"],
-                    "segments": [{"id": SEG_A}, {"id": SEG_B}],
-                    "attributes": ["person.email"],
-                }
-            ],
-            "runtime": {
-                "store": "memory://",
-                "batch_max_events": 500,
-                "batch_linger_ms": 50,
-                "session_timeout_ms": 6000,  # a killed worker's partitions move on quickly
-            },
-        }
-
     def create(self) -> None:
-        topics = [
-            NewTopic(self.q_topic, PARTITIONS, 1),
-            NewTopic(self.p_topic, PARTITIONS, 1),
-        ]
-        run_sync(admin_call(self.stack.kafka_bootstrap, lambda a: a.create_topics(topics)))
-        self.kinesis.create_stream(StreamName=self.stream, ShardCount=4)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            summary = self.kinesis.describe_stream_summary(StreamName=self.stream)
-            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
-                break
-            time.sleep(0.2)
+        super().create()
         self.monitor = GroupMonitor(
             self.stack.kafka_bootstrap, self.name, [self.q_topic, self.p_topic]
         )
 
     def destroy(self) -> None:
-        for worker in self.workers.values():
-            worker.kill()
         if self.monitor is not None:
             self.monitor.close()
-
-        async def delete(admin: Any) -> None:
-            names = [t for t in await admin.list_topics() if t.startswith(self.name)]
-            if names:
-                await admin.delete_topics(names)
-
-        with contextlib.suppress(Exception):
-            run_sync(admin_call(self.stack.kafka_bootstrap, delete))
-        with contextlib.suppress(Exception):
-            self.kinesis.delete_stream(StreamName=self.stream, EnforceConsumerDeletion=True)
-
-    def worker(self, name: str) -> WorkerProcess:
-        worker = WorkerProcess(self.config(), self.workdir, name)
-        self.workers[name] = worker
-        return worker
+        super().destroy()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n}:\n{w.log(40)}" for n, w in self.workers.items())
+        return "\n".join(f"--- {w.name}:\n{w.log(40)}" for w in self.workers)
 
     def balanced(self, sample: Sample, count: int) -> bool:
         """Stable, ``count`` members, every partition of both topics assigned once,
@@ -522,7 +226,7 @@ class Scaled:
         for event in list(self.load.sent):
             partition_of[event.profile] = event.partition
             expected[event.partition] += event.kind in EXPECTED_KINDS
-        reader = StreamReader(self.kinesis, self.stream)
+        reader = StreamReader(self.kinesis, self.streams[0])
         reader.poll()
         found: Counter[int] = Counter()
         for key, _ in reader.records:
@@ -536,18 +240,16 @@ class Scaled:
                 f"  {p}: {last.committed.get(tp, -1)}/{self.load.ends.get(tp, 0)}, "
                 f"{found[p]}/{expected[p]}"
             )
-        for name, worker in self.workers.items():
+        for worker in self.workers:
             if worker.process is not None and worker.process.poll() is None:
                 with contextlib.suppress(OSError):
-                    lines.append(f"  {name} kd_events_total {worker.metric('kd_events_total')}")
+                    lines.append(
+                        f"  {worker.name} kd_events_total {worker.metric('kd_events_total')}"
+                    )
         return "\n".join(lines)
 
 
 # -- the workload and what must come out -----------------------------------------------
-
-
-def ids(profile: str) -> dict[str, Any]:
-    return {"ecid": [{"id": f"ecid-{profile}"}]}
 
 
 def email(profile: str) -> str:
@@ -559,7 +261,7 @@ def expected_records(profile: str) -> dict[str, dict[str, Any]]:
         return {
             "person": {"email": email(profile)},
             "segmentMembership": {"ups": ups},
-            "identityMap": ids(profile),
+            "identityMap": ecid(profile),
         }
 
     return {
@@ -706,7 +408,7 @@ def test_partitions_and_state_move_between_workers(
     stack: Stack,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    record_property: Callable[[str, object], None],
+    report: Report,
 ) -> None:
     """2 workers, a 3rd joins, one stops (SIGTERM), one dies (SIGKILL), all mid-stream:
     partitions move, balanced; state moves with them; nothing lost or out of order;
@@ -743,7 +445,7 @@ def test_partitions_and_state_move_between_workers(
                         scaled.p_topic,
                         "update",
                         p,
-                        profile_update(p, {"person": {"email": email(p)}}, ids(p)),
+                        profile_update(p, {"person": {"email": email(p)}}, ecid(p)),
                     )
                     for p in profiles
                 ],
@@ -835,7 +537,7 @@ def test_partitions_and_state_move_between_workers(
         while True:
             # A fresh read each time: an incremental reader can miss records that the
             # endpoint appends while it reads.
-            reader = StreamReader(scaled.kinesis, scaled.stream)
+            reader = StreamReader(scaled.kinesis, scaled.streams[0])
             reader.poll()
             by_key = {}
             for key, record in reader.records:
@@ -871,12 +573,12 @@ def test_partitions_and_state_move_between_workers(
             )
         if by_key or unexpected or problems:
             suspects = sorted({*by_key, *(p for p, _ in unexpected), *problems})[:5]
-            report = diagnose(
+            diagnosis = diagnose(
                 scaled, suspects, [*updates, *sent], changes, reader.records, load_started
             )
-            (tmp_path / "diagnosis.txt").write_text(report)
+            (tmp_path / "diagnosis.txt").write_text(diagnosis)
             with capsys.disabled():
-                print(f"\n{report}\n(also in {tmp_path / 'diagnosis.txt'})")
+                print(f"\n{diagnosis}\n(also in {tmp_path / 'diagnosis.txt'})")
         assert not by_key, f"records for unknown keys: {list(by_key)[:5]}"
         assert not unexpected, (
             f"{len(unexpected)} records not among the expected ones (state not moved?): "
@@ -986,18 +688,16 @@ def test_partitions_and_state_move_between_workers(
                 "uncommitted": len(exposed[change.name]),
                 "repeats": explained[change.name],
             }
-        repairs = [line for w in scaled.workers.values() for line in w.repairs()]
+        repairs = [line for w in scaled.workers for line in w.repairs()]
         assert not repairs, "a last-resort repair was needed:\n" + "\n".join(repairs)
         lines.append(f"[scaling] test took {time.monotonic() - test_started:.0f}s")
-        record_property("scaling", orjson.dumps(figures).decode())
-        with capsys.disabled():
-            print("\n" + "\n".join(lines))
+        report("scaling", figures, "\n" + "\n".join(lines))
         for name, m in moved.items():
             assert m.duplicates + m.exits > 0, f"{name}: no moved state exercised"
         assert any(m.exits_after_exit_b for m in moved.values()), "no exit after a moved exit B"
     finally:
         if load is not None:
             load.stop()
-        for worker in scaled.workers.values():
+        for worker in scaled.workers:
             worker.stop()
         scaled.destroy()

@@ -17,17 +17,25 @@ nothing is timed in the assertions.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_pipeline import SEG_A, Deployment, ecid, entered_then_left
-from tests.integration.test_scaling import PARTITIONS, GroupMonitor, LoadProducer, Sample
+from tests.integration.harness import (
+    SEG_A,
+    Deployment,
+    GroupMonitor,
+    LoadProducer,
+    Sample,
+    ecid,
+    entered_then_left,
+    unique,
+)
 from tests.support import Stack, qualification
 
+PARTITIONS = 8
 PROFILES = 1500
 RATE = 400.0  # qualification events per second
 
@@ -44,7 +52,7 @@ class Restart:
 
 
 def restart_after_sigkill(stack: Stack, workdir: Path, static: bool) -> Restart:
-    name = f"it-static-{uuid.uuid4().hex[:6]}"
+    name = unique("it-static")
     deployment = Deployment(stack, name, workdir, partitions=PARTITIONS)
     deployment.create()
     monitor = GroupMonitor(stack.kafka_bootstrap, name, [deployment.q_topic, deployment.p_topic])
