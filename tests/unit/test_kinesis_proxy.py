@@ -23,8 +23,8 @@ from tests.faults.kinesis_proxy import (
     Counters,
     KinesisFaultProxy,
 )
+from tests.support import destination_settings
 from worker.kinesis import AioBotoTransport, TransportError
-from worker.settings import DestinationSettings
 
 UPSTREAM_FAIL_PREFIX = "upfail-"  # keys the fake upstream itself throttles
 DESCRIBE_TARGET = "Kinesis_20131202.DescribeStreamSummary"
@@ -100,10 +100,8 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 @pytest.fixture
 async def proxy(upstream: FakeUpstream) -> AsyncIterator[KinesisFaultProxy]:
-    running = KinesisFaultProxy(upstream.url, seed=1234)
-    await running.start()
-    yield running
-    await running.stop()
+    async with KinesisFaultProxy(upstream.url, seed=1234) as running:
+        yield running
 
 
 def make_records(count: int, prefix: str = "k", size: int = 8) -> list[dict[str, str]]:
@@ -151,6 +149,16 @@ async def call(
 
 def put(records: list[dict[str, str]], stream: str = "s") -> dict[str, Any]:
     return {"StreamName": stream, "Records": records}
+
+
+async def put_through(
+    proxy: KinesisFaultProxy, records: int | list[dict[str, str]], stream: str = "s"
+) -> Reply:
+    """A PutRecords call through the proxy: these records, or that many of make_records."""
+    assert proxy.url is not None
+    if isinstance(records, int):
+        records = make_records(records)
+    return await call(proxy.url, payload=put(records, stream))
 
 
 # -- forwarding ------------------------------------------------------------------------------
@@ -220,9 +228,8 @@ async def test_other_calls_are_untouched_by_every_fault_but_the_outage(
 async def test_full_throttle_sends_nothing_upstream(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
     proxy.faults.throttle_share = 1.0
-    reply = await call(proxy.url, payload=put(make_records(7)))
+    reply = await put_through(proxy, 7)
 
     assert reply.status == 200
     assert reply.headers["Content-Type"] == JSON_CONTENT_TYPE
@@ -237,14 +244,13 @@ async def test_full_throttle_sends_nothing_upstream(
 async def test_partial_failures_are_withheld_and_merged_in_order(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
     proxy.faults.throttle_share = 0.3
     proxy.faults.internal_failure_share = 0.2
     records = make_records(200)
     # Two keys the fake upstream itself throttles: their failures must merge in as well.
     records[10]["PartitionKey"] = UPSTREAM_FAIL_PREFIX + "a"
     records[150]["PartitionKey"] = UPSTREAM_FAIL_PREFIX + "b"
-    reply = await call(proxy.url, payload=put(records))
+    reply = await put_through(proxy, records)
 
     assert reply.status == 200
     body = reply.json()
@@ -290,11 +296,10 @@ async def test_partial_failures_are_withheld_and_merged_in_order(
 async def test_fractional_shares_round_at_random_around_the_share(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
     proxy.faults.throttle_share = 0.25
     total = failed = 0
     for _ in range(200):
-        body = (await call(proxy.url, payload=put(make_records(3)))).json()
+        body = (await put_through(proxy, 3)).json()
         total += 3
         failed += body["FailedRecordCount"]
         assert failed == proxy.counters.records_throttled
@@ -307,9 +312,8 @@ async def test_the_seed_makes_the_choice_repeatable(upstream: FakeUpstream) -> N
     chosen: list[list[int]] = []
     for _ in range(2):
         async with KinesisFaultProxy(upstream.url, seed=99) as proxy:
-            assert proxy.url is not None
             proxy.faults.throttle_share = 0.4
-            body = (await call(proxy.url, payload=put(make_records(50)))).json()
+            body = (await put_through(proxy, 50)).json()
             chosen.append([i for i, e in enumerate(body["Records"]) if "ErrorCode" in e])
     assert chosen[0] == chosen[1]
     assert len(chosen[0]) == 20
@@ -318,9 +322,8 @@ async def test_the_seed_makes_the_choice_repeatable(upstream: FakeUpstream) -> N
 async def test_upstream_errors_pass_through(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
     proxy.faults.throttle_share = 0.5
-    reply = await call(proxy.url, payload=put(make_records(4), stream="missing"))
+    reply = await put_through(proxy, 4, stream="missing")
     assert reply.status == 400
     assert reply.json()["__type"] == "ResourceNotFoundException"
     assert len(upstream.put_calls()[0]) == 2
@@ -329,15 +332,14 @@ async def test_upstream_errors_pass_through(
 async def test_on_call_changes_faults_at_an_exact_point(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
 
     def throttle_from_the_third_call(running: KinesisFaultProxy) -> None:
         running.faults.throttle_share = 1.0 if running.counters.calls >= 3 else 0.0
 
     proxy.on_call = throttle_from_the_third_call
-    failed = [(await call(proxy.url, payload=put(make_records(2)))).json()["FailedRecordCount"]]
-    failed += [(await call(proxy.url, payload=put(make_records(2)))).json()["FailedRecordCount"]]
-    failed += [(await call(proxy.url, payload=put(make_records(2)))).json()["FailedRecordCount"]]
+    failed = [(await put_through(proxy, 2)).json()["FailedRecordCount"]]
+    failed += [(await put_through(proxy, 2)).json()["FailedRecordCount"]]
+    failed += [(await put_through(proxy, 2)).json()["FailedRecordCount"]]
     assert failed == [0, 0, 2]
     assert len(upstream.stored) == 4
 
@@ -348,11 +350,10 @@ async def test_on_call_changes_faults_at_an_exact_point(
 async def test_5xx_answers_without_forwarding(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
     proxy.faults.error_5xx_share = 1.0
     statuses: dict[int, str] = {}
     for _ in range(20):
-        reply = await call(proxy.url, payload=put(make_records(3)))
+        reply = await put_through(proxy, 3)
         statuses[reply.status] = reply.json()["__type"]
     assert statuses == {500: "InternalFailure", 503: "ServiceUnavailable"}
     assert upstream.seen == []
@@ -361,10 +362,9 @@ async def test_5xx_answers_without_forwarding(
 
 
 async def test_latency_delays_the_call(proxy: KinesisFaultProxy, upstream: FakeUpstream) -> None:
-    assert proxy.url is not None
     proxy.faults.latency_s = 0.3
     started = time.monotonic()
-    reply = await call(proxy.url, payload=put(make_records(2)))
+    reply = await put_through(proxy, 2)
     assert reply.status == 200
     assert time.monotonic() - started >= 0.3
     assert len(upstream.stored) == 2
@@ -373,27 +373,25 @@ async def test_latency_delays_the_call(proxy: KinesisFaultProxy, upstream: FakeU
 async def test_drop_forwards_then_disconnects(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
     proxy.faults.drop_share = 1.0
     proxy.faults.throttle_share = 0.5
     with pytest.raises(aiohttp.ServerDisconnectedError):
-        await call(proxy.url, payload=put(make_records(10)))
+        await put_through(proxy, 10)
     assert len(upstream.stored) == 5, "the records landed although the client saw an error"
     assert proxy.counters.connections_dropped == 1
     assert proxy.counters.records_in_dropped_calls == 5
     proxy.faults.drop_share = 0.0
-    assert (await call(proxy.url, payload=put(make_records(2)))).status == 200
+    assert (await put_through(proxy, 2)).status == 200
 
 
 async def test_drop_every_nth_call_whatever_the_random_draws(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
     proxy.faults.drop_every = 3
     statuses = []
     for _ in range(6):
         try:
-            statuses.append((await call(proxy.url, payload=put(make_records(1)))).status)
+            statuses.append((await put_through(proxy, 1)).status)
         except aiohttp.ServerDisconnectedError:
             statuses.append(0)
     assert statuses == [200, 200, 0, 200, 200, 0]
@@ -417,7 +415,7 @@ async def test_outage_refuses_everything_until_it_ends(
     assert upstream.seen == []
     assert proxy.counters.outage_refused == 2
     await asyncio.sleep(max(0.0, proxy.faults.outage_until - time.monotonic()))
-    assert (await call(proxy.url, payload=put(make_records(3)))).status == 200
+    assert (await put_through(proxy, 3)).status == 200
     assert len(upstream.stored) == 3
 
 
@@ -443,10 +441,9 @@ async def test_non_json_body_is_refused_only_when_per_record_faults_are_on(
 async def test_bodies_over_a_mebibyte_pass(
     proxy: KinesisFaultProxy, upstream: FakeUpstream
 ) -> None:
-    assert proxy.url is not None
     proxy.faults.throttle_share = 0.5
     records = make_records(5, size=1024 * 1024)  # 5 MiB of data: the PutRecords maximum
-    reply = await call(proxy.url, payload=put(records))
+    reply = await put_through(proxy, records)
     assert reply.status == 200
     assert reply.json()["FailedRecordCount"] in (2, 3)
 
@@ -475,17 +472,7 @@ async def test_botocore_speaks_json_and_reads_the_merged_reply(
 
 @pytest.fixture
 async def transport(proxy: KinesisFaultProxy) -> AsyncIterator[AioBotoTransport]:
-    destination = DestinationSettings.model_validate(
-        {
-            "name": "proxy",
-            "stream": "s",
-            "region": "us-east-1",
-            "endpoint_url": proxy.url,
-            "auth": {"access_key_id": "testing", "secret_access_key": "testing"},
-            "segments": [{"id": "s"}],
-        }
-    )
-    wire = AioBotoTransport(destination)
+    wire = AioBotoTransport(destination_settings("proxy", "s", proxy.url).transport())
     yield wire
     await wire.close()
 
