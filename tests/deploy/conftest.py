@@ -9,6 +9,7 @@ with the command that installs it; these tests never skip.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +30,21 @@ from tests.deploy.helpers import (
 )
 
 
-@pytest.fixture(scope="session")
-def hadolint() -> Path:
-    return venv_tool("hadolint")
+def _tool(name: str, find: Callable[[str], Path]) -> Any:
+    """A session fixture named after the tool (``-`` as ``_``): its path, found by ``find``."""
+
+    def path() -> Path:
+        return find(name)
+
+    path.__doc__ = f"The path of {name}."
+    return pytest.fixture(scope="session", name=name.replace("-", "_"))(path)
 
 
-@pytest.fixture(scope="session")
-def yamllint() -> Path:
-    return venv_tool("yamllint")
-
-
-@pytest.fixture(scope="session")
-def kubernetes_validate() -> Path:
-    return venv_tool("kubernetes-validate")
-
-
-@pytest.fixture(scope="session")
-def kustomize() -> Path:
-    return cached_tool("kustomize")
-
-
-@pytest.fixture(scope="session")
-def composecheck() -> Path:
-    return cached_tool("composecheck")
+hadolint = _tool("hadolint", venv_tool)
+yamllint = _tool("yamllint", venv_tool)
+kubernetes_validate = _tool("kubernetes-validate", venv_tool)
+kustomize = _tool("kustomize", cached_tool)
+composecheck = _tool("composecheck", cached_tool)
 
 
 @pytest.fixture(scope="session")
