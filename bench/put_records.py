@@ -104,7 +104,7 @@ async def writer(stream: str, records: list[Record]) -> float:
         auth={"access_key_id": "bench", "secret_access_key": "bench"},
         segments=[{"id": "s"}],
     )
-    kinesis = KinesisWriter(stream, AioBotoTransport(destination))
+    kinesis = KinesisWriter(stream, AioBotoTransport(destination.transport()))
     await kinesis.start()
     try:
         started = time.perf_counter()

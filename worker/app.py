@@ -143,7 +143,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         observer.limits(destination.shard_records_per_s, destination.shard_bytes_per_s)
         writer = KinesisWriter(
             destination.stream,
-            AioBotoTransport(destination),
+            AioBotoTransport(destination.transport()),
             WriterConfig(
                 max_in_flight=destination.max_in_flight,
                 shard_records_per_s=destination.shard_records_per_s,

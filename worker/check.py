@@ -36,7 +36,7 @@ async def check(settings: Settings) -> int:
         cause = await diagnose_connection(settings.kafka) if unclear else None
         report(False, f"kafka: {cause or exc}")
     for index, destination in enumerate(settings.destinations):
-        transport = AioBotoTransport(destination)
+        transport = AioBotoTransport(destination.transport())
         where = f"destinations.{index} ({destination.name!r}) stream {destination.stream!r}"
         try:
             summary = await transport.describe_stream(destination.stream)

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -33,6 +33,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from worker.kinesis import TransportConfig
 
 ENV_PREFIX = "KD_"
 # Patterns are applied with fullmatch: with match, "$" also matches before a
@@ -156,6 +159,10 @@ class AuthSettings(_Strict):
         return self
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
 class DestinationSettings(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -174,6 +181,21 @@ class DestinationSettings(_Strict):
     shard_bytes_per_s: int = Field(default=1024 * 1024, ge=0)
     # PutRecords calls in flight at once to this stream.
     max_in_flight: int = Field(default=8, ge=1, le=256)
+
+    def transport(self) -> TransportConfig:
+        """Where and as whom the delivery package calls this destination's stream."""
+        from worker.kinesis import TransportConfig  # here: loading settings stays light
+
+        auth = self.auth or AuthSettings()
+        return TransportConfig(
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            access_key_id=auth.access_key_id,
+            secret_access_key=_secret(auth.secret_access_key),
+            session_token=_secret(auth.session_token),
+            role_arn=auth.role_arn,
+            external_id=auth.external_id,
+        )
 
     @field_validator("endpoint_url")
     @classmethod

@@ -4,14 +4,11 @@ while tables recover or a stream is not writable (worker/health.py, worker/web.p
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 
-from tests.support import REPO
 from worker.health import Health
 from worker.web import WebServer
 
@@ -74,30 +71,3 @@ async def test_ready_only_when_recovered_and_every_stream_writable() -> None:
         ),
     ):
         assert await ready(not_ready) == (503, {"ready": False, "detail": detail})
-
-
-def test_check_and_the_configuration_never_load_faust() -> None:
-    # `check` runs where the worker's dependencies may be half there (a CI job,
-    # an init container): it needs the configuration, aiokafka and boto only.
-    code = (
-        "import sys\n"
-        "from worker.__main__ import build_parser\n"
-        "build_parser().parse_args(['check', '--config', 'x.yaml'])\n"
-        "from worker import check, settings\n"
-        "settings.load_settings('config/example.yaml')\n"
-        "assert 'faust' not in sys.modules, 'faust loaded'\n"
-        "assert 'mode' not in sys.modules, 'mode loaded'\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    help_text = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "worker", "check", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert help_text.returncode == 0
-    assert " faust" not in help_text.stderr, "python -m worker check --help loaded faust"

@@ -10,6 +10,10 @@ Public API:
 - :class:`WriterObserver` and :class:`CallReport`: what the writer reports,
   for metrics.
 - :class:`Transport` and :class:`AioBotoTransport`: the wire; tests pass a fake.
+  :class:`TransportConfig` says where and as whom to call Kinesis.
+
+The package imports nothing else from ``worker``: the configuration format is
+mapped to a :class:`TransportConfig` by the caller.
 """
 
 from worker.kinesis._transport import (
@@ -17,6 +21,7 @@ from worker.kinesis._transport import (
     PutReply,
     StreamSummary,
     Transport,
+    TransportConfig,
     TransportError,
 )
 from worker.kinesis._writer import (
@@ -41,6 +46,7 @@ __all__ = [
     "Rejection",
     "StreamSummary",
     "Transport",
+    "TransportConfig",
     "TransportError",
     "WriterConfig",
     "WriterObserver",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -14,8 +14,6 @@ from aiobotocore.credentials import AioRefreshableCredentials
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-
-from worker.settings import DestinationSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +79,32 @@ DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 ROLE_SESSION_SECONDS = 3600
 
 
-class AioBotoTransport:
-    """Kinesis over aioboto3; credentials from the destination or the default chain."""
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Where and as whom to call Kinesis.
 
-    def __init__(self, destination: DestinationSettings) -> None:
-        self._destination = destination
+    ``region``: the stream's AWS region. ``endpoint_url``: another endpoint
+    than AWS's (a local one in tests), also used for STS; None for AWS.
+    ``access_key_id``/``secret_access_key`` (and ``session_token``): static
+    keys; None for the default credential chain. ``role_arn`` (and
+    ``external_id``): a role assumed on top of those credentials, renewed
+    before it expires.
+    """
+
+    region: str
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    role_arn: str | None = None
+    external_id: str | None = None
+
+
+class AioBotoTransport:
+    """Kinesis over aioboto3; credentials from the configuration or the default chain."""
+
+    def __init__(self, config: TransportConfig) -> None:
+        self._config = config
         self._stack = AsyncExitStack()
         self._client: Any = None
 
@@ -101,29 +120,27 @@ class AioBotoTransport:
             )
             self._client = await self._stack.enter_async_context(
                 self._session().client(
-                    "kinesis", endpoint_url=self._destination.endpoint_url, config=config
+                    "kinesis", endpoint_url=self._config.endpoint_url, config=config
                 )
             )
         return self._client
 
     def _session(self) -> aioboto3.Session:
         """Static keys, the default credential chain, or an assumed role on top of either."""
-        auth = self._destination.auth
-        region = self._destination.region
+        config = self._config
+        region = config.region
         base_args: dict[str, Any] = {"region_name": region}
-        if auth is not None and auth.access_key_id is not None:
-            base_args["aws_access_key_id"] = auth.access_key_id
-            base_args["aws_secret_access_key"] = (
-                auth.secret_access_key.get_secret_value() if auth.secret_access_key else None
-            )
-            if auth.session_token is not None:
-                base_args["aws_session_token"] = auth.session_token.get_secret_value()
+        if config.access_key_id is not None:
+            base_args["aws_access_key_id"] = config.access_key_id
+            base_args["aws_secret_access_key"] = config.secret_access_key
+            if config.session_token is not None:
+                base_args["aws_session_token"] = config.session_token
         base = aioboto3.Session(**base_args)
-        if auth is None or auth.role_arn is None:
+        if config.role_arn is None:
             return base
-        role_arn, external_id = auth.role_arn, auth.external_id
+        role_arn, external_id = config.role_arn, config.external_id
         # STS of the same local endpoint in tests; the regional STS otherwise.
-        sts_endpoint = self._destination.endpoint_url
+        sts_endpoint = config.endpoint_url
 
         async def assume_role() -> dict[str, str]:
             arguments: dict[str, Any] = {
