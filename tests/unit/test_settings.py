@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,25 @@ def load_error(path: Path | None, environ: dict[str, str] | None = None) -> str:
     return str(caught.value)
 
 
+def config_file(
+    tmp_path: Path,
+    *,
+    kafka: Mapping[str, Any] | None = None,
+    runtime: Mapping[str, Any] | None = None,
+    **destination: Any,
+) -> Path:
+    """A file with one destination, minimal_destination(**destination), and the
+    ``kafka`` and ``runtime`` sections when given."""
+    data: dict[str, Any] = {"destinations": [minimal_destination(**destination)]}
+    if kafka is not None:
+        data["kafka"] = dict(kafka)
+    if runtime is not None:
+        data["runtime"] = dict(runtime)
+    return write_config(tmp_path, data)
+
+
 def minimal(tmp_path: Path) -> Path:
-    return write_config(tmp_path, {"destinations": [minimal_destination()]})
+    return config_file(tmp_path)
 
 
 # -- the contract's example -----------------------------------------------------------
@@ -135,7 +153,7 @@ def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
 
 def test_role_with_external_id_is_accepted(tmp_path: Path) -> None:
     auth = {"role_arn": "arn:aws:iam::123456789012:role/kinesis-writer", "external_id": "x"}
-    path = write_config(tmp_path, {"destinations": [minimal_destination(auth=auth)]})
+    path = config_file(tmp_path, auth=auth)
     destination = load_settings(path, environ={}).destinations[0]
     assert destination.auth is not None
     assert destination.auth.external_id == "x"
@@ -375,7 +393,7 @@ def test_environment_parses_booleans_and_numbers(tmp_path: Path) -> None:
 
 
 def test_environment_adds_a_key_to_a_yaml_destination(tmp_path: Path) -> None:
-    path = write_config(tmp_path, {"destinations": [minimal_destination(description="kept")]})
+    path = config_file(tmp_path, description="kept")
     settings = load_settings(
         path,
         environ={
@@ -473,7 +491,7 @@ def test_environment_list_of_more_than_ten_items(tmp_path: Path) -> None:
 
 
 def test_environment_key_under_a_scalar_list_item(tmp_path: Path) -> None:
-    path = write_config(tmp_path, {"destinations": [minimal_destination(attributes=["a.b"])]})
+    path = config_file(tmp_path, attributes=["a.b"])
     message = load_error(path, environ={"KD_DESTINATIONS__0__ATTRIBUTES__0__X": "1"})
     assert "destinations.0.attributes" in message
 
@@ -507,9 +525,7 @@ def test_overrides_set_dotted_keys(tmp_path: Path) -> None:
 
 
 def test_override_none_keeps_the_file_value(tmp_path: Path) -> None:
-    path = write_config(
-        tmp_path, {"destinations": [minimal_destination()], "runtime": {"web_port": 6100}}
-    )
+    path = config_file(tmp_path, runtime={"web_port": 6100})
     settings = load_settings(path, environ={}, overrides={"runtime.web_port": None})
     assert settings.runtime.web_port == 6100
 
@@ -524,7 +540,7 @@ def test_override_out_of_range_names_the_key(tmp_path: Path) -> None:
 
 def with_secret(tmp_path: Path) -> Path:
     auth = {"access_key_id": "AKIAEXAMPLE", "secret_access_key": SECRET, "session_token": SECRET}
-    return write_config(tmp_path, {"destinations": [minimal_destination(auth=auth)]})
+    return config_file(tmp_path, auth=auth)
 
 
 def test_secrets_are_not_in_str_or_repr(tmp_path: Path) -> None:
@@ -568,7 +584,7 @@ def test_secret_from_environment_is_not_in_repr(tmp_path: Path) -> None:
     ],
 )
 def test_secrets_are_not_in_config_errors(tmp_path: Path, auth: dict[str, Any]) -> None:
-    path = write_config(tmp_path, {"destinations": [minimal_destination(auth=auth)]})
+    path = config_file(tmp_path, auth=auth)
     message = load_error(path)
     assert "destinations.0.auth" in message
     assert SECRET not in message
@@ -630,9 +646,7 @@ def test_static_membership_instance_id_from_the_environment(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("value", ["", "has space", "a/b", "x" * 250])
 def test_a_bad_instance_id_is_refused_naming_the_key(tmp_path: Path, value: str) -> None:
-    path = write_config(
-        tmp_path, {"destinations": [minimal_destination()], "runtime": {"instance_id": value}}
-    )
+    path = config_file(tmp_path, runtime={"instance_id": value})
     assert "runtime.instance_id" in load_error(path)
 
 
@@ -640,13 +654,11 @@ def test_a_bad_instance_id_is_refused_naming_the_key(tmp_path: Path, value: str)
 
 
 def destination_error(tmp_path: Path, **overrides: Any) -> str:
-    return load_error(write_config(tmp_path, {"destinations": [minimal_destination(**overrides)]}))
+    return load_error(config_file(tmp_path, **overrides))
 
 
 def kafka_error(tmp_path: Path, **kafka: Any) -> str:
-    return load_error(
-        write_config(tmp_path, {"destinations": [minimal_destination()], "kafka": kafka})
-    )
+    return load_error(config_file(tmp_path, kafka=kafka))
 
 
 @pytest.mark.parametrize(
@@ -690,7 +702,7 @@ def test_a_bad_endpoint_url_is_refused_naming_the_key(tmp_path: Path, url: str, 
 )
 def test_good_endpoint_urls_are_accepted(tmp_path: Path, url: str) -> None:
     """Guards the checks above against refusing what botocore takes (passes before them too)."""
-    path = write_config(tmp_path, {"destinations": [minimal_destination(endpoint_url=url)]})
+    path = config_file(tmp_path, endpoint_url=url)
     assert load_settings(path, environ={}).destinations[0].endpoint_url == url
 
 
@@ -739,18 +751,13 @@ def test_bad_bootstrap_servers_are_refused_naming_the_key(
 )
 def test_good_bootstrap_servers_are_accepted(tmp_path: Path, servers: str) -> None:
     """Guards the checks above against refusing good values (passes before them too)."""
-    path = write_config(
-        tmp_path, {"destinations": [minimal_destination()], "kafka": {"bootstrap_servers": servers}}
-    )
+    path = config_file(tmp_path, kafka={"bootstrap_servers": servers})
     assert load_settings(path, environ={}).kafka.bootstrap_servers == servers
 
 
 def test_spaces_around_bootstrap_server_commas_are_dropped(tmp_path: Path) -> None:
     """Faust would otherwise hand aiokafka a broker URL with a space in it."""
-    path = write_config(
-        tmp_path,
-        {"destinations": [minimal_destination()], "kafka": {"bootstrap_servers": "a:1, b:2"}},
-    )
+    path = config_file(tmp_path, kafka={"bootstrap_servers": "a:1, b:2"})
     assert load_settings(path, environ={}).kafka.bootstrap_servers == "a:1,b:2"
 
 
@@ -815,9 +822,7 @@ def test_bad_topics_are_refused_naming_the_key(
 
 def test_the_longest_topic_name_is_accepted(tmp_path: Path) -> None:
     """Guards the length check (passes before it too)."""
-    path = write_config(
-        tmp_path, {"destinations": [minimal_destination()], "kafka": {"dlq_topic": "x" * 249}}
-    )
+    path = config_file(tmp_path, kafka={"dlq_topic": "x" * 249})
     assert load_settings(path, environ={}).kafka.dlq_topic == "x" * 249
 
 
@@ -891,52 +896,42 @@ def test_duplicate_keys_in_an_environment_mapping_are_refused(tmp_path: Path) ->
     assert "0.id" in message
 
 
+MSK_IAM = {"security_protocol": "SASL_SSL", "sasl_mechanism": "AWS_MSK_IAM"}
+
+
 @pytest.mark.parametrize(
-    ("data", "key"),
+    ("destination", "kafka", "key"),
     [
         pytest.param(
-            {"destinations": [minimal_destination(attributes=["person.name\n"])]},
+            {"attributes": ["person.name\n"]},
+            None,
             "destinations.0.attributes",
             id="attribute-with-trailing-newline",
         ),
         pytest.param(
-            {"destinations": [minimal_destination(region="us-east-\u0661")]},
+            {"region": "us-east-\u0661"},
+            None,
             "destinations.0.region",
             id="region-with-a-non-ascii-digit",
         ),
         pytest.param(
-            {
-                "destinations": [minimal_destination()],
-                "kafka": {
-                    "security_protocol": "SASL_SSL",
-                    "sasl_mechanism": "AWS_MSK_IAM",
-                    "aws_region": "us-east-1\n",
-                },
-            },
+            {},
+            {**MSK_IAM, "aws_region": "us-east-1\n"},
             "kafka.aws_region",
             id="msk-region-with-trailing-newline",
         ),
         pytest.param(
-            {
-                "destinations": [minimal_destination()],
-                "kafka": {
-                    "security_protocol": "SASL_SSL",
-                    "sasl_mechanism": "AWS_MSK_IAM",
-                    "aws_region": "us-east-\u0661",
-                },
-            },
+            {},
+            {**MSK_IAM, "aws_region": "us-east-\u0661"},
             "kafka.aws_region",
             id="msk-region-with-a-non-ascii-digit",
         ),
         pytest.param(
+            {},
             {
-                "destinations": [minimal_destination()],
-                "kafka": {
-                    "security_protocol": "SASL_SSL",
-                    "sasl_mechanism": "AWS_MSK_IAM",
-                    "aws_region": "us-east-1",
-                    "aws_role_arn": "arn:aws:iam::123456789012:role/msk\n",
-                },
+                **MSK_IAM,
+                "aws_region": "us-east-1",
+                "aws_role_arn": "arn:aws:iam::123456789012:role/msk\n",
             },
             "kafka.aws_role_arn",
             id="role-arn-with-trailing-newline",
@@ -944,9 +939,9 @@ def test_duplicate_keys_in_an_environment_mapping_are_refused(tmp_path: Path) ->
     ],
 )
 def test_a_trailing_newline_or_foreign_digit_does_not_pass_a_pattern(
-    tmp_path: Path, data: dict[str, Any], key: str
+    tmp_path: Path, destination: dict[str, Any], kafka: dict[str, Any] | None, key: str
 ) -> None:
-    assert f"{key}: " in load_error(write_config(tmp_path, data))
+    assert f"{key}: " in load_error(config_file(tmp_path, kafka=kafka, **destination))
 
 
 @pytest.mark.parametrize(
@@ -964,7 +959,7 @@ def test_environment_values_are_validated_alike(
     assert f"{key}: " in load_error(minimal(tmp_path), environ={variable: value})
 
 
-TRAPS = {
+TRAPS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "endpoint-no-host": ("destinations.0.endpoint_url", {"endpoint_url": "http://"}, {}),
     "endpoint-space": ("destinations.0.endpoint_url", {"endpoint_url": "http://a b:4567"}, {}),
     "bootstrap-port": ("kafka.bootstrap_servers", {}, {"bootstrap_servers": "host:notaport"}),
@@ -976,9 +971,7 @@ TRAPS = {
 def test_commands_stop_on_a_trap_with_exit_code_2(tmp_path: Path, command: str, trap: str) -> None:
     """The real command line, as an operator runs it: exit 2, the key, no traceback."""
     key, destination, kafka = TRAPS[trap]
-    path = write_config(
-        tmp_path, {"destinations": [minimal_destination(**destination)], "kafka": kafka}
-    )
+    path = config_file(tmp_path, kafka=kafka, **destination)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
     result = subprocess.run(
         [sys.executable, "-m", "worker", command, "--config", str(path)],
