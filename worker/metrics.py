@@ -131,23 +131,23 @@ RATE_LIMIT_WAIT = Counter(
     "Time spent waiting for a shard's write budget",
     ["destination"],
 )
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_RECORDS_PER_CALL = (1, 5, 10, 25, 50, 100, 200, 300, 400, 500)  # PutRecords takes 500
+_BYTES_PER_CALL = (1024, 16384, 65536, 262144, 1048576, 2097152, 5242880)  # and 5 MiB
 PUT_LATENCY = Histogram(
-    "kd_put_records_seconds",
-    "PutRecords call latency",
-    ["destination"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    "kd_put_records_seconds", "PutRecords call latency", ["destination"], buckets=_SECONDS
 )
 PUT_BATCH_RECORDS = Histogram(
     "kd_put_batch_records",
     "Records per PutRecords call",
     ["destination"],
-    buckets=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500),
+    buckets=_RECORDS_PER_CALL,
 )
 PUT_BATCH_BYTES = Histogram(
     "kd_put_batch_bytes",
     "Bytes (data + keys) per PutRecords call",
     ["destination"],
-    buckets=(1024, 16384, 65536, 262144, 1048576, 2097152, 5242880),
+    buckets=_BYTES_PER_CALL,
 )
 IN_FLIGHT = Gauge("kd_put_in_flight", "PutRecords calls in flight", ["destination"])
 PENDING_RECORDS = Gauge(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import orjson
@@ -102,26 +102,14 @@ class _Profile:
 
     def snapshot(self) -> tuple[Any, ...]:
         # Shallow is enough: handling replaces these values, never mutates them.
-        return (
-            self.attributes,
-            self.identity_map,
-            self.memberships,
-            self.scope,
-            self.profile_dirty,
-            self.memberships_dirty,
-            self.deleted,
-        )
+        return tuple(getattr(self, name) for name in _PROFILE_FIELDS)
 
     def restore(self, snapshot: tuple[Any, ...]) -> None:
-        (
-            self.attributes,
-            self.identity_map,
-            self.memberships,
-            self.scope,
-            self.profile_dirty,
-            self.memberships_dirty,
-            self.deleted,
-        ) = snapshot
+        for name, value in zip(_PROFILE_FIELDS, snapshot, strict=True):
+            setattr(self, name, value)
+
+
+_PROFILE_FIELDS = tuple(f.name for f in fields(_Profile))
 
 
 @dataclass(slots=True)

@@ -159,6 +159,11 @@ class AuthSettings(_Strict):
         return self
 
 
+def _no_repeats(values: list[str], message: str) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(message)
+
+
 def _secret(value: SecretStr | None) -> str | None:
     return None if value is None else value.get_secret_value()
 
@@ -211,16 +216,13 @@ class DestinationSettings(_Strict):
         for namespace in value:
             if not namespace.strip():
                 raise ValueError("namespaces must be non-empty names")
-        if len(set(value)) != len(value):
-            raise ValueError("namespaces must not repeat")
+        _no_repeats(value, "namespaces must not repeat")
         return value
 
     @field_validator("segments")
     @classmethod
     def _segments_are_distinct(cls, value: list[SegmentSettings]) -> list[SegmentSettings]:
-        ids = [segment.id for segment in value]
-        if len(set(ids)) != len(ids):
-            raise ValueError("a segment id is mapped twice")
+        _no_repeats([segment.id for segment in value], "a segment id is mapped twice")
         return value
 
     @field_validator("attributes")
@@ -231,8 +233,7 @@ class DestinationSettings(_Strict):
                 raise ValueError(f"{path!r} is not a dotted XDM path such as person.name.lastName")
             if path.split(".")[0] in ("segmentMembership", "identityMap"):
                 raise ValueError(f"{path!r} clashes with a field the record always has")
-        if len(set(value)) != len(value):
-            raise ValueError("an attribute is selected twice")
+        _no_repeats(value, "an attribute is selected twice")
         return value
 
 
@@ -241,6 +242,12 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 _TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 _TOPIC_KEYS = ("qualifications_topic", "profiles_topic", "dlq_topic")
+
+
+_NEEDS_CERTIFICATE = {
+    "ssl_keyfile": "needs ssl_certfile, the client certificate of this key",
+    "ssl_key_password": "needs ssl_certfile (and ssl_keyfile when the key is apart)",
+}
 
 
 class KafkaSettings(_Strict):
@@ -398,18 +405,11 @@ class KafkaSettings(_Strict):
             raise _problem(f"cannot read {value}: {exc.strerror}") from None
         return value
 
-    @field_validator("ssl_keyfile")
+    @field_validator("ssl_keyfile", "ssl_key_password")
     @classmethod
-    def _key_has_certificate(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _needs_certificate(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and "ssl_certfile" in info.data and info.data["ssl_certfile"] is None:
-            raise _problem("needs ssl_certfile, the client certificate of this key")
-        return value
-
-    @field_validator("ssl_key_password")
-    @classmethod
-    def _password_has_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if value is not None and "ssl_certfile" in info.data and info.data["ssl_certfile"] is None:
-            raise _problem("needs ssl_certfile (and ssl_keyfile when the key is apart)")
+            raise _problem(_NEEDS_CERTIFICATE[info.field_name or ""])
         return value
 
 
