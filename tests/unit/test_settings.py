@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.settings import ConfigError, Settings, load_settings
+from worker.settings import ConfigError, DestinationSettings, Settings, load_settings
 
 # Verbatim from CONTRACT section 6.
 CONTRACT_EXAMPLE = """\
@@ -103,26 +103,49 @@ def minimal(tmp_path: Path) -> Path:
     return config_file(tmp_path)
 
 
+# app_id, then kafka's bootstrap_servers, qualifications_topic, profiles_topic, dlq_topic.
+DEFAULT_APP_AND_KAFKA = (
+    "kinesis-destination",
+    "127.0.0.1:9092",
+    "segment-qualifications",
+    "profile-updates",
+    "kinesis-destination-dlq",
+)
+
+
+def app_and_kafka(settings: Settings) -> tuple[str, str, str, str, str]:
+    kafka = settings.kafka
+    return (
+        settings.app_id,
+        kafka.bootstrap_servers,
+        kafka.qualifications_topic,
+        kafka.profiles_topic,
+        kafka.dlq_topic,
+    )
+
+
+def static_keys(destination: DestinationSettings) -> tuple[str | None, str | None]:
+    """The destination's access key id and secret access key; its auth must be set."""
+    auth = destination.auth
+    assert auth is not None
+    secret = auth.secret_access_key
+    return auth.access_key_id, None if secret is None else secret.get_secret_value()
+
+
 # -- the contract's example -----------------------------------------------------------
 
 
 def test_contract_example_loads(tmp_path: Path) -> None:
     settings = load_settings(write_text(tmp_path, CONTRACT_EXAMPLE), environ={})
-    assert settings.app_id == "kinesis-destination"
-    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
-    assert settings.kafka.qualifications_topic == "segment-qualifications"
-    assert settings.kafka.profiles_topic == "profile-updates"
-    assert settings.kafka.dlq_topic == "kinesis-destination-dlq"
+    assert app_and_kafka(settings) == DEFAULT_APP_AND_KAFKA
     [destination] = settings.destinations
     assert destination.name == "High propensity to Kinesis"
     assert destination.description == "Prospects likely to convert"
     assert destination.stream == "aep-export"
     assert destination.region == "us-east-1"
     assert destination.endpoint_url == "http://127.0.0.1:4567"
+    assert static_keys(destination) == ("AKIAEXAMPLE", "example-secret")
     assert destination.auth is not None
-    assert destination.auth.access_key_id == "AKIAEXAMPLE"
-    assert destination.auth.secret_access_key is not None
-    assert destination.auth.secret_access_key.get_secret_value() == "example-secret"
     assert destination.auth.role_arn is None
     assert destination.include_segment_names is False
     assert destination.include_segment_timestamps is False
@@ -138,11 +161,7 @@ def test_contract_example_loads(tmp_path: Path) -> None:
 
 def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
     settings = load_settings(minimal(tmp_path), environ={})
-    assert settings.app_id == "kinesis-destination"
-    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
-    assert settings.kafka.qualifications_topic == "segment-qualifications"
-    assert settings.kafka.profiles_topic == "profile-updates"
-    assert settings.kafka.dlq_topic == "kinesis-destination-dlq"
+    assert app_and_kafka(settings) == DEFAULT_APP_AND_KAFKA
     [destination] = settings.destinations
     assert destination.auth is None
     assert destination.endpoint_url is None
@@ -406,10 +425,7 @@ def test_environment_adds_a_key_to_a_yaml_destination(tmp_path: Path) -> None:
     assert destination.endpoint_url == "http://127.0.0.1:4567"
     assert destination.description == "kept"
     assert destination.stream == "aep-export"
-    assert destination.auth is not None
-    assert destination.auth.access_key_id == "AKIAENV"
-    assert destination.auth.secret_access_key is not None
-    assert destination.auth.secret_access_key.get_secret_value() == SECRET
+    assert static_keys(destination) == ("AKIAENV", SECRET)
 
 
 def test_environment_sets_a_list_item_key(tmp_path: Path) -> None:
