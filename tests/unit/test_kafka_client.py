@@ -54,6 +54,20 @@ def error(tmp_path: Path, kafka: dict[str, Any]) -> str:
     return str(caught.value)
 
 
+def client_certificate(tls: Path, password: str = CLIENT_KEY_PASSWORD.decode()) -> dict[str, str]:
+    """The local stack's client certificate, its encrypted key and that key's password."""
+    return {
+        "ssl_certfile": str(tls / "client.pem"),
+        "ssl_keyfile": str(tls / "client-key-encrypted.pem"),
+        "ssl_key_password": password,
+    }
+
+
+def in_tls(kafka: dict[str, Any], tls: Path) -> dict[str, Any]:
+    """The ``kafka`` keys with ``{tls}`` in their values replaced by the TLS folder."""
+    return {k: v.format(tls=tls) if isinstance(v, str) else v for k, v in kafka.items()}
+
+
 SASL_PLAIN = {
     "security_protocol": "SASL_PLAINTEXT",
     "sasl_mechanism": "PLAIN",
@@ -112,9 +126,7 @@ def test_tls_files(tmp_path: Path, tls: Path) -> None:
         {
             "security_protocol": "SSL",
             "ssl_cafile": str(tls / "ca.pem"),
-            "ssl_certfile": str(tls / "client.pem"),
-            "ssl_keyfile": str(tls / "client-key-encrypted.pem"),
-            "ssl_key_password": CLIENT_KEY_PASSWORD.decode(),
+            **client_certificate(tls),
             "ssl_check_hostname": False,
         },
     ).kafka
@@ -230,8 +242,7 @@ def test_tls_files(tmp_path: Path, tls: Path) -> None:
 def test_mistakes_name_the_key(
     tmp_path: Path, tls: Path, kafka: dict[str, Any], expected: str
 ) -> None:
-    kafka = {k: v.format(tls=tls) if isinstance(v, str) else v for k, v in kafka.items()}
-    message = error(tmp_path, kafka)
+    message = error(tmp_path, in_tls(kafka, tls))
     assert expected in message
     assert PASSWORD not in message
 
@@ -273,15 +284,7 @@ def test_every_key_from_the_environment(tmp_path: Path, tls: Path) -> None:
 def test_secrets_are_masked_and_known_to_the_log_redaction(tmp_path: Path, tls: Path) -> None:
     settings = load(
         tmp_path,
-        {
-            "security_protocol": "SASL_SSL",
-            "sasl_mechanism": "PLAIN",
-            "sasl_username": "worker",
-            "sasl_password": PASSWORD,
-            "ssl_certfile": str(tls / "client.pem"),
-            "ssl_keyfile": str(tls / "client-key-encrypted.pem"),
-            "ssl_key_password": CLIENT_KEY_PASSWORD.decode(),
-        },
+        {**SASL_PLAIN, "security_protocol": "SASL_SSL", **client_certificate(tls)},
     )
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert PASSWORD not in text
@@ -361,8 +364,7 @@ def _comparable(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def test_aiokafka_kwargs_and_faust_credentials_agree(
     tmp_path: Path, tls: Path, kafka: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    kafka = {k: v.format(tls=tls) if isinstance(v, str) else v for k, v in kafka.items()}
-    settings = load(tmp_path, kafka).kafka
+    settings = load(tmp_path, in_tls(kafka, tls)).kafka
     ours = _comparable(kafka_client_kwargs(settings))
     if expected.get("ssl", (0, 0, 0))[2] is None:  # the system's CAs: however many there are
         ours["ssl"] = (*ours["ssl"][:2], None)
@@ -386,12 +388,7 @@ def test_aiokafka_kwargs_and_faust_credentials_agree(
 def test_client_certificate_with_a_wrong_key_password(tmp_path: Path, tls: Path) -> None:
     settings = load(
         tmp_path,
-        {
-            "security_protocol": "SSL",
-            "ssl_certfile": str(tls / "client.pem"),
-            "ssl_keyfile": str(tls / "client-key-encrypted.pem"),
-            "ssl_key_password": "wrong-password",
-        },
+        {"security_protocol": "SSL", **client_certificate(tls, password="wrong-password")},
     ).kafka
     with pytest.raises(ConfigError) as caught:
         kafka_client_kwargs(settings)
