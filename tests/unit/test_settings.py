@@ -103,6 +103,13 @@ def minimal(tmp_path: Path) -> Path:
     return config_file(tmp_path)
 
 
+def load_minimal(
+    tmp_path: Path, environ: dict[str, str], overrides: dict[str, Any] | None = None
+) -> Settings:
+    """The minimal file loaded with this environment (and command-line overrides)."""
+    return load_settings(minimal(tmp_path), environ=environ, overrides=overrides)
+
+
 # app_id, then kafka's bootstrap_servers, qualifications_topic, profiles_topic, dlq_topic.
 DEFAULT_APP_AND_KAFKA = (
     "kinesis-destination",
@@ -160,7 +167,7 @@ def test_contract_example_loads(tmp_path: Path) -> None:
 
 
 def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
-    settings = load_settings(minimal(tmp_path), environ={})
+    settings = load_minimal(tmp_path, {})
     assert app_and_kafka(settings) == DEFAULT_APP_AND_KAFKA
     [destination] = settings.destinations
     assert destination.auth is None
@@ -374,35 +381,35 @@ def test_file_not_utf8(tmp_path: Path) -> None:
 
 
 def test_environment_sets_a_destination_key(tmp_path: Path) -> None:
-    settings = load_settings(minimal(tmp_path), environ={"KD_DESTINATIONS__0__STREAM": "other"})
+    settings = load_minimal(tmp_path, {"KD_DESTINATIONS__0__STREAM": "other"})
     assert settings.destinations[0].stream == "other"
 
 
 def test_environment_sets_a_kafka_key(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path), environ={"KD_KAFKA__BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092"}
+    settings = load_minimal(
+        tmp_path, {"KD_KAFKA__BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092"}
     )
     assert settings.kafka.bootstrap_servers == "broker-1:9092,broker-2:9092"
     assert settings.kafka.dlq_topic == "kinesis-destination-dlq"  # the rest untouched
 
 
 def test_environment_sets_a_top_level_key(tmp_path: Path) -> None:
-    settings = load_settings(minimal(tmp_path), environ={"KD_APP_ID": "other-app"})
+    settings = load_minimal(tmp_path, {"KD_APP_ID": "other-app"})
     assert settings.app_id == "other-app"
 
 
 def test_environment_parses_flow_lists(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path),
-        environ={"KD_DESTINATIONS__0__PARTITION_KEY_NAMESPACES": "[a, b]"},
+    settings = load_minimal(
+        tmp_path,
+        {"KD_DESTINATIONS__0__PARTITION_KEY_NAMESPACES": "[a, b]"},
     )
     assert settings.destinations[0].partition_key_namespaces == ["a", "b"]
 
 
 def test_environment_parses_booleans_and_numbers(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path),
-        environ={
+    settings = load_minimal(
+        tmp_path,
+        {
             "KD_DESTINATIONS__0__INCLUDE_SEGMENT_NAMES": "true",
             "KD_RUNTIME__WEB_PORT": "7001",
         },
@@ -429,17 +436,15 @@ def test_environment_adds_a_key_to_a_yaml_destination(tmp_path: Path) -> None:
 
 
 def test_environment_sets_a_list_item_key(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path), environ={"KD_DESTINATIONS__0__SEGMENTS__0__NAME": "Renamed"}
-    )
+    settings = load_minimal(tmp_path, {"KD_DESTINATIONS__0__SEGMENTS__0__NAME": "Renamed"})
     assert settings.destinations[0].segments[0].name == "Renamed"
     assert settings.destinations[0].segments[0].id == SEGMENT
 
 
 def test_environment_appends_the_next_list_item(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path),
-        environ={
+    settings = load_minimal(
+        tmp_path,
+        {
             "KD_DESTINATIONS__0__SEGMENTS__1__ID": "second",
             "KD_DESTINATIONS__1__NAME": "Two",
             "KD_DESTINATIONS__1__STREAM": "two",
@@ -466,9 +471,7 @@ def test_environment_alone_is_a_configuration() -> None:
 
 
 def test_environment_ignores_other_variables(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path), environ={"HOME": "/root", "KD_": "x", "kd_app_id": "lower"}
-    )
+    settings = load_minimal(tmp_path, {"HOME": "/root", "KD_": "x", "kd_app_id": "lower"})
     assert settings.app_id == "kinesis-destination"
 
 
@@ -490,9 +493,9 @@ def test_environment_unknown_key_is_named(tmp_path: Path) -> None:
 
 
 def test_overrides_win_over_environment(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path),
-        environ={"KD_RUNTIME__WEB_PORT": "7001"},
+    settings = load_minimal(
+        tmp_path,
+        {"KD_RUNTIME__WEB_PORT": "7001"},
         overrides={"runtime.web_port": 7002},
     )
     assert settings.runtime.web_port == 7002  # overrides (command line) come last
@@ -500,7 +503,7 @@ def test_overrides_win_over_environment(tmp_path: Path) -> None:
 
 def test_environment_list_of_more_than_ten_items(tmp_path: Path) -> None:
     environ = {f"KD_DESTINATIONS__0__SEGMENTS__{i}__ID": f"seg-{i}" for i in range(1, 12)}
-    settings = load_settings(minimal(tmp_path), environ=environ)
+    settings = load_minimal(tmp_path, environ)
     assert [s.id for s in settings.destinations[0].segments] == [SEGMENT] + [
         f"seg-{i}" for i in range(1, 12)
     ]
@@ -523,7 +526,7 @@ def test_environment_key_under_a_scalar_list_item(tmp_path: Path) -> None:
 def test_environment_strings_are_kept_as_written(
     tmp_path: Path, variable: str, value: str, field: str
 ) -> None:
-    settings = load_settings(minimal(tmp_path), environ={variable: value})
+    settings = load_minimal(tmp_path, {variable: value})
     assert getattr(settings.destinations[0], field) == value
 
 
@@ -531,9 +534,9 @@ def test_environment_strings_are_kept_as_written(
 
 
 def test_overrides_set_dotted_keys(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path),
-        environ={},
+    settings = load_minimal(
+        tmp_path,
+        {},
         overrides={"runtime.web_port": 7000, "runtime.data_dir": "/tmp/kd-1"},
     )
     assert settings.runtime.web_port == 7000
@@ -548,7 +551,7 @@ def test_override_none_keeps_the_file_value(tmp_path: Path) -> None:
 
 def test_override_out_of_range_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"runtime\.web_port"):
-        load_settings(minimal(tmp_path), environ={}, overrides={"runtime.web_port": 0})
+        load_minimal(tmp_path, {}, overrides={"runtime.web_port": 0})
 
 
 # -- secrets ------------------------------------------------------------------------------
@@ -571,9 +574,9 @@ def test_secrets_are_not_in_str_or_repr(tmp_path: Path) -> None:
 
 
 def test_secret_from_environment_is_not_in_repr(tmp_path: Path) -> None:
-    settings = load_settings(
-        minimal(tmp_path),
-        environ={
+    settings = load_minimal(
+        tmp_path,
+        {
             "KD_DESTINATIONS__0__AUTH__ACCESS_KEY_ID": "AKIAENV",
             "KD_DESTINATIONS__0__AUTH__SECRET_ACCESS_KEY": SECRET,
         },
@@ -653,10 +656,8 @@ def test_settings_type_is_exported() -> None:
 
 def test_static_membership_instance_id_from_the_environment(tmp_path: Path) -> None:
     """The Kubernetes manifests set it to the pod name."""
-    assert load_settings(minimal(tmp_path), environ={}).runtime.instance_id is None
-    settings = load_settings(
-        minimal(tmp_path), environ={"KD_RUNTIME__INSTANCE_ID": "kinesis-destination-0"}
-    )
+    assert load_minimal(tmp_path, {}).runtime.instance_id is None
+    settings = load_minimal(tmp_path, {"KD_RUNTIME__INSTANCE_ID": "kinesis-destination-0"})
     assert settings.runtime.instance_id == "kinesis-destination-0"
 
 
