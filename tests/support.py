@@ -1,4 +1,15 @@
-"""Types and helpers the fixtures hand to tests."""
+"""Helpers shared by the unit and integration tests.
+
+The local stack and its clients (Stack, admin_call, wait_active), the worker as
+a child process (WorkerProcess), producing and reading Kafka (produce,
+consume_all), the event bodies of the contract (qualification, profile_update),
+reading a Kinesis stream (StreamReader), the fault proxy in a thread
+(ProxyThread), a destination for the Kinesis code alone (destination_settings),
+this process's metrics (metric_value) and promtool (prometheus_tool).
+
+The integration tests' harness, a worker deployed with its topics and streams,
+is tests/integration/harness.py.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +46,18 @@ LOCAL_AWS = {
 
 # The keys of the local endpoint (moto takes any) in a destination's `auth`.
 LOCAL_AUTH = {"access_key_id": "testing", "secret_access_key": "testing"}
+
+# The identity map of the record on the seed page (the Adobe documentation's example).
+SEED_IDENTITY_MAP: dict[str, Any] = {
+    "ecid": [
+        {"id": "14575006536349286404619648085736425115"},
+        {"id": "66478888669296734530114754794777368480"},
+    ],
+    "email_lc_sha256": [
+        {"id": "655332b5fa2aea4498bf7a290cff017cb4"},
+        {"id": "66baf76ef9de8b42df8903f00e0e3dc0b7"},
+    ],
+}
 
 
 @dataclass(frozen=True)

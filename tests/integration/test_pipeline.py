@@ -33,6 +33,7 @@ from tests.integration.harness import (
     ups,
 )
 from tests.support import (
+    SEED_IDENTITY_MAP,
     ProxyThread,
     Stack,
     StreamReader,
@@ -53,16 +54,7 @@ SEED_RECORD: dict[str, Any] = {
             SEG_B: {"lastQualificationTime": "2020-05-25T23:37:33Z", "status": "existing"},
         }
     },
-    "identityMap": {
-        "ecid": [
-            {"id": "14575006536349286404619648085736425115"},
-            {"id": "66478888669296734530114754794777368480"},
-        ],
-        "email_lc_sha256": [
-            {"id": "655332b5fa2aea4498bf7a290cff017cb4"},
-            {"id": "66baf76ef9de8b42df8903f00e0e3dc0b7"},
-        ],
-    },
+    "identityMap": SEED_IDENTITY_MAP,
 }
 
 
