@@ -14,6 +14,10 @@ proves it:
 - ``tables``: the current event for table writes, and durable changelog writes.
 - ``repair``: last-resort hole replay and fetch watchdog, counted in metrics.
 
+And the adapters of the pipeline's ports to Faust: ``tables`` (above) and
+``deadletters`` (the dead-letter topic on the app's producer); ``state`` reads
+Faust's private state for metrics and repairs.
+
 ``apply()`` refuses other versions: an upgrade has to look at each again.
 """
 
