@@ -6,10 +6,11 @@ dict-backed fake of the two tables; dead letters go to a list.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -1055,27 +1056,40 @@ async def test_the_state_limit_leaves_room_for_kafkas_record_headers(world: Worl
     assert world.dead_letters.sent == []
 
 
-async def test_a_failure_undoes_the_events_exports_too(world: World) -> None:
-    # Destination one's record builds, destination two's fails: neither goes.
-    await world.run(world.update("p1", {"loyalty": {"tier": "gold"}}, FULL_MAP))
-    world.clear()
-    destination = world.processor._destinations[1]
+@contextlib.contextmanager
+def build_replaced(world: World, index: int, build: Callable[..., Any]) -> Iterator[None]:
+    """Destination ``index`` builds its records with ``build(original_format, *args)``."""
+    destination = world.processor._destinations[index]
     original = destination.format
 
-    class Failing:
-        calls = 0
-
+    class Replaced:
         def __getattr__(self, name: str) -> Any:
             return getattr(original, name)
 
         def build(self, *args: Any) -> Any:
-            Failing.calls += 1
-            raise ValueError("boom")
+            return build(original, *args)
 
-    destination.format = Failing()  # type: ignore[assignment]
-    report = await world.run(world.q("p1", SEG_B, "realized", T0))
-    destination.format = original
-    assert Failing.calls == 1
+    destination.format = Replaced()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        destination.format = original
+
+
+async def test_a_failure_undoes_the_events_exports_too(world: World) -> None:
+    # Destination one's record builds, destination two's fails: neither goes.
+    await world.run(world.update("p1", {"loyalty": {"tier": "gold"}}, FULL_MAP))
+    world.clear()
+    calls = 0
+
+    def failing(original: Any, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise ValueError("boom")
+
+    with build_replaced(world, 1, failing):
+        report = await world.run(world.q("p1", SEG_B, "realized", T0))
+    assert calls == 1
     assert world.one == world.two == []
     [(_, letter)] = world.dead_letters.sent
     assert letter["reason"] == "internal_error"
@@ -1094,26 +1108,17 @@ async def test_built_records_are_delivered_before_the_budget_is_exceeded() -> No
     world.processor._memory = memory
     await world.run(world.update("p1", {"person": {"name": {"lastName": "x" * 100_000}}}))
     world.clear()
-    destination = world.processor._destinations[0]
-    original = destination.format
+    built = 0
 
-    class Counting:
-        built = 0
+    def counting(original: Any, *args: Any) -> Any:
+        nonlocal built
+        built += 1
+        return original.build(*args)
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(original, name)
-
-        def build(self, *args: Any) -> Any:
-            Counting.built += 1
-            return original.build(*args)
-
-    destination.format = Counting()  # type: ignore[assignment]
     # Records built and not yet accepted, each time the stream is called.
     held: list[int] = []
     transport = world.transports[0]
-    transport.on_call = lambda: held.append(
-        Counting.built - sum(len(call) for call in transport.calls)
-    )
+    transport.on_call = lambda: held.append(built - sum(len(call) for call in transport.calls))
     events = [
         world.q(
             "p1",
@@ -1123,7 +1128,8 @@ async def test_built_records_are_delivered_before_the_budget_is_exceeded() -> No
         )
         for i in range(300)
     ]
-    report = await world.run(*events)
+    with build_replaced(world, 0, counting):
+        report = await world.run(*events)
     assert report.exports == 300
     assert len(world.one) == 300
     # Within the output half of the budget plus one event's record (100 KB each).
