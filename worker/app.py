@@ -107,6 +107,10 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         broker_commit_interval=runtime.commit_interval_ms / 1000,
         stream_wait_empty=True,
         producer_acks=-1,
+        # Changelog writes come a batch at a time: a short linger sends them
+        # in few produce requests instead of one each.
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
         table_cleanup_interval=60.0,
         table_standby_replicas=runtime.standby_replicas,
         topic_replication_factor=kafka.replication_factor,

@@ -14,6 +14,7 @@ small protocols, so the whole flow runs in unit tests with fakes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 from collections.abc import Mapping, Sequence
@@ -282,8 +283,9 @@ class BatchProcessor:
             self._hold(batch, letter)
         delivered = sum(len(export.record.data) for export in exports)
         letters, batch.letters = batch.letters, []
+        # All at once: the producer lingers before each request it sends.
+        await asyncio.gather(*(self._dead_letters.send(x.key, x.value) for x in letters))
         for letter in letters:
-            await self._dead_letters.send(letter.key, letter.value)
             metrics.DEAD_LETTERS.labels(reason=letter.reason).inc()
         report.dead_letters += len(letters)
         freed = delivered + sum(letter.size for letter in letters)
