@@ -33,11 +33,8 @@ _MISSING: Final = object()
 
 
 def compile_path(path: str) -> Path:
-    """Split a dotted path; an empty path or segment is a configuration error."""
-    parts = tuple(path.split("."))
-    if not all(parts):
-        raise ValueError(f"invalid attribute path {path!r}: empty segment")
-    return parts
+    """Split a dotted path (valid: worker.settings checks the configured ones)."""
+    return tuple(path.split("."))
 
 
 def compile_paths(paths: Iterable[str]) -> tuple[Path, ...]:

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from reference import xdm as ref
 from worker.xdm import (
-    compile_path,
     compile_paths,
     deep_merge,
     get_path,
@@ -188,12 +187,6 @@ def test_project_keeps_falsy_values() -> None:
 def test_get_path(path: str | tuple[str, ...], expected: Any) -> None:
     assert get_path(STORED, path) == expected
     assert ref.get_path(STORED, path) == (ref.MISSING if expected is None else expected)
-
-
-@pytest.mark.parametrize("path", ["", ".", "a.", ".a", "a..b"])
-def test_compile_path_rejects_empty_segments(path: str) -> None:
-    with pytest.raises(ValueError, match="empty segment"):
-        compile_path(path)
 
 
 def test_compile_paths() -> None:
