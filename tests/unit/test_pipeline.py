@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.support import qualification
 from worker.kinesis import KinesisWriter, PutReply, StreamSummary, WriterConfig
 from worker.membership import SegmentState, memberships_from_json
 from worker.pipeline import (
@@ -243,15 +244,8 @@ class World:
         time: str,
         identity_map: dict[str, Any] | None = None,
     ) -> InputMessage:
-        body: dict[str, Any] = {
-            "profileId": profile,
-            "segmentId": segment,
-            "status": status,
-            "qualificationTime": time,
-        }
-        if identity_map is not None:
-            body["identityMap"] = identity_map
-        return self.message(QUALIFICATIONS, profile.encode(), orjson.dumps(body))
+        value = qualification(profile, segment, status, time, identity_map)
+        return self.message(QUALIFICATIONS, profile.encode(), value)
 
     def update(
         self,
