@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.integration.test_pipeline import SEG_A, Deployment, ecid
+from tests.integration.harness import SEG_A, Deployment, ecid
 from tests.support import Stack, profile_update, qualification
 
 

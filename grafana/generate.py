@@ -6,7 +6,7 @@ with 1 when either differs from what this file generates (a test checks the same
 Edit this file, never the JSON.
 
 The dashboards are plain dicts (no dependency). Every query uses only metrics of
-worker/metrics.py (and ``up``); tests/unit/test_monitoring.py checks that, and
+worker/metrics.py (and ``up``); tests/unit/test_dashboards_and_alerts.py checks that, and
 checks each query's syntax with promtool.
 
 Other code (tests) can list the queries of the committed JSON files with

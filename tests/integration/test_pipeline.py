@@ -43,9 +43,6 @@ from tests.support import (
     run_sync,
 )
 
-# bench/recovery.py imports these from here; they live in tests/integration/harness.py.
-__all__ = ["SEG_A", "Deployment", "ecid"]
-
 SEED_RECORD: dict[str, Any] = {
     "person": {"email": "yourstruly@adobe.con"},
     "segmentMembership": {

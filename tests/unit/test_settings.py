@@ -269,6 +269,30 @@ def test_several_destinations_map_their_segments(tmp_path: Path) -> None:
             id="bad-attribute-path",
         ),
         pytest.param(
+            {"destinations": [minimal_destination(attributes=[""])]},
+            "destinations.0.attributes",
+            "XDM path",
+            id="empty-attribute-path",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(attributes=[".a"])]},
+            "destinations.0.attributes",
+            "XDM path",
+            id="attribute-path-leading-dot",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(attributes=["a."])]},
+            "destinations.0.attributes",
+            "XDM path",
+            id="attribute-path-trailing-dot",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(attributes=["."])]},
+            "destinations.0.attributes",
+            "XDM path",
+            id="attribute-path-dot",
+        ),
+        pytest.param(
             {"destinations": [minimal_destination(attributes=["identityMap.ecid"])]},
             "destinations.0.attributes",
             "clashes",
