@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support import qualification
+from tests.support import profile_update, qualification
 from worker.kinesis import KinesisWriter, PutReply, StreamSummary, WriterConfig
 from worker.membership import SegmentState, memberships_from_json
 from worker.pipeline import (
@@ -253,12 +253,8 @@ class World:
         attributes: dict[str, Any] | None = None,
         identity_map: dict[str, Any] | None = None,
     ) -> InputMessage:
-        body: dict[str, Any] = {"profileId": profile, "updateTime": T0}
-        if attributes is not None:
-            body["attributes"] = attributes
-        if identity_map is not None:
-            body["identityMap"] = identity_map
-        return self.message(PROFILES, profile.encode(), orjson.dumps(body))
+        value = profile_update(profile, attributes, identity_map, when=T0)
+        return self.message(PROFILES, profile.encode(), value)
 
     def tombstone(self, profile: str) -> InputMessage:
         return self.message(PROFILES, profile.encode(), None)
