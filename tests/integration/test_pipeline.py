@@ -110,6 +110,7 @@ def test_every_row_of_the_membership_table(deployment: Deployment) -> None:
         ("existing", "2021-01-01T02:00:07+02:00"),  # not member + existing -> realized (00:00:07Z)
         ("exited", "2021-01-01T00:00:08Z"),  # member + exited -> exited
     ]
+    deployment.wait_consumed()  # earlier tests' events are counted
     unmapped_before = deployment.workers[0].metric("kd_events_total", outcome="unmapped")
     stale_before = deployment.workers[0].metric("kd_events_total", outcome="stale")
     messages = [("p", profile, profile_update(profile, {}, ids))]
@@ -127,6 +128,9 @@ def test_every_row_of_the_membership_table(deployment: Deployment) -> None:
     ]
     assert all(set(ups(r)) == {SEG_A} for r in records), "the unmapped segment never appears"
     worker = deployment.workers[0]
+    # Events are counted once their batch is done, after its records are
+    # accepted and its state is durable: a record can be read before that.
+    deployment.wait_consumed()
     assert worker.metric("kd_events_total", outcome="unmapped") == unmapped_before + 1
     assert worker.metric("kd_events_total", outcome="stale") == stale_before + 1
 
