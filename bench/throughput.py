@@ -348,31 +348,32 @@ def faust_noop(
     import faust
 
     from worker import faust as faust_fixes
-    from worker.settings import RuntimeSettings
+    from worker.app import app_options
+    from worker.settings import Settings
 
     faust_fixes.apply()
     faust_fixes.fetch.SPANS.track(topics)
-    runtime = RuntimeSettings()
-    app = faust.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        datadir=str(data_dir),
-        web_enabled=False,
-        topic_partitions=PARTITIONS,
-        topic_allow_declare=True,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=runtime.commit_interval_ms / 1000,
-        stream_wait_empty=True,
-        producer_acks=-1,
-        table_cleanup_interval=60.0,
-        table_standby_replicas=runtime.standby_replicas,
-        topic_replication_factor=1,
-        broker_max_poll_interval=600.0,
-        broker_session_timeout=runtime.session_timeout_ms / 1000,
-        broker_heartbeat_interval=min(3.0, runtime.session_timeout_ms / 3000),
-        worker_redirect_stdouts=False,
+    settings = Settings.model_validate(
+        {
+            "app_id": app_id,
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "qualifications_topic": topics[0],
+                "profiles_topic": topics[1],
+                "dlq_topic": f"{app_id}-dlq",
+            },
+            "destinations": [
+                {
+                    "name": "noop",
+                    "stream": "noop",
+                    "region": "us-east-1",
+                    "segments": [{"id": SEGMENT}],
+                }
+            ],
+            "runtime": {"data_dir": str(data_dir)},
+        }
     )
+    app = faust.App(app_id, **app_options(settings, PARTITIONS))
     inputs = app.topic(
         *topics,
         key_type=bytes,

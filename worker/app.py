@@ -90,39 +90,45 @@ def _exit_now(timeout_s: float) -> None:
     os._exit(0)
 
 
+def app_options(settings: Settings, partitions: int) -> dict[str, Any]:
+    """Faust's settings for this configuration, on input topics of ``partitions``."""
+    runtime = settings.runtime
+    kafka = settings.kafka
+    return {
+        "broker": f"kafka://{kafka.bootstrap_servers}",
+        "broker_credentials": broker_credentials(kafka),
+        "store": runtime.store,
+        "datadir": str(runtime.data_dir),
+        "web_enabled": False,  # our own server: Faust's would expose /table and /router
+        "topic_partitions": partitions,
+        "topic_allow_declare": True,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": runtime.commit_interval_ms / 1000,
+        "stream_wait_empty": True,
+        "producer_acks": -1,
+        # Changelog writes come a batch at a time: a short linger sends them
+        # in few produce requests instead of one each.
+        "producer_linger": 0.005,
+        "producer_max_batch_size": 256 * 1024,
+        "table_cleanup_interval": 60.0,
+        "table_standby_replicas": runtime.standby_replicas,
+        "topic_replication_factor": kafka.replication_factor,
+        # A batch may wait on Kinesis retries; keep the group membership meanwhile.
+        "broker_max_poll_interval": 600.0,
+        "broker_session_timeout": runtime.session_timeout_ms / 1000,
+        # Static membership (KIP-345): a restarted worker with the same id gets
+        # its partitions back without a rebalance of the others.
+        "consumer_group_instance_id": runtime.instance_id,
+        "broker_heartbeat_interval": min(3.0, runtime.session_timeout_ms / 3000),
+        "worker_redirect_stdouts": False,
+    }
+
+
 def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list[Service]]:
     faust_fixes.apply()
     runtime = settings.runtime
     kafka = settings.kafka
-    app = WorkerApp(
-        settings.app_id,
-        broker=f"kafka://{kafka.bootstrap_servers}",
-        broker_credentials=broker_credentials(kafka),
-        store=runtime.store,
-        datadir=str(runtime.data_dir),
-        web_enabled=False,  # our own server: Faust's would expose /table and /router
-        topic_partitions=layout.partitions,
-        topic_allow_declare=True,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=runtime.commit_interval_ms / 1000,
-        stream_wait_empty=True,
-        producer_acks=-1,
-        # Changelog writes come a batch at a time: a short linger sends them
-        # in few produce requests instead of one each.
-        producer_linger=0.005,
-        producer_max_batch_size=256 * 1024,
-        table_cleanup_interval=60.0,
-        table_standby_replicas=runtime.standby_replicas,
-        topic_replication_factor=kafka.replication_factor,
-        # A batch may wait on Kinesis retries; keep the group membership meanwhile.
-        broker_max_poll_interval=600.0,
-        broker_session_timeout=runtime.session_timeout_ms / 1000,
-        # Static membership (KIP-345): a restarted worker with the same id gets
-        # its partitions back without a rebalance of the others.
-        consumer_group_instance_id=runtime.instance_id,
-        broker_heartbeat_interval=min(3.0, runtime.session_timeout_ms / 3000),
-        worker_redirect_stdouts=False,
-    )
+    app = WorkerApp(settings.app_id, **app_options(settings, layout.partitions))
     # Tables are written a batch at a time; Faust's default (100 pending
     # changelog messages) would stall every batch in producer flushes.
     app.producer.buffer.max_messages = max(1000, 4 * runtime.batch_max_events)

@@ -142,7 +142,6 @@ class BatchRunner:
     ) -> None:
         self._processor = processor
         self._batches = EventBatches(max_events, linger_s, memory)
-        self._processing: asyncio.Future[None] | None = None
         self._backoff_max_s = backoff_max_s
         self._last_done = 0.0
 
@@ -168,7 +167,7 @@ class BatchRunner:
         """
         manual = stream.noack()  # acks are ours
         self._last_done = asyncio.get_running_loop().time()
-        processing = self._processing = asyncio.ensure_future(self._process(manual))
+        processing = asyncio.ensure_future(self._process(manual))
         taking = asyncio.current_task()
 
         def stop_taking(done: asyncio.Future[None]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from worker import __version__
 from worker.kinesis import CallReport, TransportError, WriterObserver
 from worker.vocabulary import (
     DeadLetterReason,
@@ -250,8 +251,6 @@ class DeliveryMetrics(WriterObserver):
 def start_series(qualifications_topic: str, profiles_topic: str, app_id: str, store: str) -> None:
     """Creates the series known in advance, at 0, before the first scrape: a
     counter that appears at 1 has no increase() to alert on."""
-    from worker import __version__
-
     WORKER_INFO.labels(version=__version__, app_id=app_id, store=store).set(1)
     for outcome in QualificationOutcome:
         EVENTS.labels(topic=qualifications_topic, outcome=outcome)
