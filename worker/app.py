@@ -105,6 +105,9 @@ def app_options(settings: Settings, partitions: int) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "broker_commit_interval": runtime.commit_interval_ms / 1000,
         "stream_wait_empty": True,
+        # The stream iterator takes events already queued without awaiting the
+        # channel (faust-streaming's opt-in repair of its Cython fast path).
+        "cython_optimizations": True,
         "producer_acks": -1,
         # Changelog writes come a batch at a time: a short linger sends them
         # in few produce requests instead of one each.
@@ -126,6 +129,7 @@ def app_options(settings: Settings, partitions: int) -> dict[str, Any]:
 
 def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list[Service]]:
     faust_fixes.apply()
+    faust_fixes.apply_speedups()
     runtime = settings.runtime
     kafka = settings.kafka
     app = WorkerApp(settings.app_id, **app_options(settings, layout.partitions))
@@ -166,7 +170,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     processor = BatchProcessor(
         settings,
         destinations,
-        FaustTables(profiles, memberships),
+        FaustTables(profiles, memberships, app.producer),
         DeadLetterTopic(app, kafka.dlq_topic),
         memory,
     )

@@ -40,14 +40,18 @@ class MemoryBudget:
     async def reserve_input(self, size: int) -> None:
         """Waits for room, then holds ``size`` input bytes. Something always fits
         when no input is held, however large, so nothing can wedge."""
-        async with self._room:
-            await self._room.wait_for(lambda: self.input == 0 or self.input + size <= self.share)
-            self.input += size
+        if not self._fits_input(size):
+            async with self._room:
+                await self._room.wait_for(lambda: self._fits_input(size))
+        self.input += size
         self._report()
 
+    def _fits_input(self, size: int) -> bool:
+        return self.input == 0 or self.input + size <= self.share
+
     async def release_input(self, size: int) -> None:
+        self.input -= size
         async with self._room:
-            self.input -= size
             self._room.notify_all()
         self._report()
 

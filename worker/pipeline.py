@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
@@ -173,12 +174,12 @@ class BatchProcessor:
     async def process(self, messages: Sequence[InputMessage]) -> BatchReport:
         report = BatchReport(events=len(messages))
         batch = _Batch()
-        handled: list[tuple[str, EventOutcome]] = []
+        handled: Counter[tuple[str, EventOutcome]] = Counter()
         try:
             for message in messages:
                 outcome = self._apply(message, batch)
                 report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
-                handled.append((message.topic, outcome))
+                handled[message.topic, outcome] += 1
                 if self._memory.over:
                     # Hold no more than the budget: deliver what is built so far.
                     await self._flush(batch, report)
@@ -188,8 +189,8 @@ class BatchProcessor:
         self._write_state(batch.overlay)
         await self._tables.flush()
         # Counted once the batch is done: a counted event is fully handled.
-        for topic, outcome in handled:
-            metrics.EVENTS.labels(topic=topic, outcome=outcome).inc()
+        for (topic, outcome), count in handled.items():
+            metrics.EVENTS.labels(topic=topic, outcome=outcome).inc(count)
         return report
 
     async def dead_letter(self, message: InputMessage, reason: Reason, detail: str) -> None:
@@ -452,12 +453,15 @@ class BatchProcessor:
             if not mine:
                 continue
             outcomes = await destination.writer.put_all([export.record for export in mine])
+            accepted: Counter[ExportStatus] = Counter()
             for export, outcome in zip(mine, outcomes, strict=True):
                 if outcome.accepted:
-                    report.exports += 1
-                    metrics.EXPORTS.labels(destination=destination.name, status=export.status).inc()
+                    accepted[export.status] += 1
                 else:
                     letters.append(_rejected(export, destination, outcome))
+            for status, count in accepted.items():
+                report.exports += count
+                metrics.EXPORTS.labels(destination=destination.name, status=status).inc(count)
         return letters
 
     def _write_state(self, overlay: dict[str, _Profile]) -> None:

@@ -1,28 +1,45 @@
-"""The pipeline's state tables on Faust tables, and the two private hooks they need.
+"""The pipeline's state tables on Faust tables, with the changelog written a batch at a time.
 
-- ``faust.streams._current_event``: Faust picks a table write's changelog
-  partition (and RocksDB's partition store) from the current event, and has no
-  public way to choose it. Tables here are written after a whole batch, so
-  each key is written in the scope of the last event that touched it: same
-  profile id, same partition number.
-- ``Table.send_changelog``: Faust drops the future of a write's changelog
-  message and its producer flush gives up after 0.1 s with writes queued. The
-  offsets of a batch must not be committed before its state is durable (a
-  restart would find stale state and drop exports: a lost "exited" in the
-  kill test), so the futures are kept and awaited.
+Faust writes a table's changelog one message at a time: ``Table.__setitem__``
+-> ``send_changelog`` -> a ``FutureMessage`` in the ``ProducerBuffer`` -> a
+task that awaits ``Topic.publish_message`` -> ``AIOKafkaProducer.send``, with
+sensors and callbacks per message; it drops the future (its producer flush
+gives up after 0.1 s with writes queued), so nothing tells when a write is
+durable. Here a batch's writes go to the table's store at once (as
+``__setitem__`` does after its changelog call) and are collected per
+changelog partition; ``flush`` sends each partition's messages as aiokafka
+``BatchBuilder``s (``send_batch``) and returns once Kafka acknowledged them.
+The offsets of a batch must not be committed before its state is durable: a
+restart would find stale state and drop exports (a lost "exited" in the kill
+test).
 
-Proved by tests/integration/test_pipeline.py::test_killing_the_worker_loses_nothing
-and ::test_restart_recovers_state.
+What is kept the same as Faust: the bytes (the changelog topic's own
+``prepare_key``/``prepare_value`` with the table's serializers, tombstones as
+in ``Table.on_key_del``), the partition (the event's, as
+``Table.partition_for_key``), and the persisted offset RocksDB recovers from
+(``Table._on_changelog_sent``: ``set_persisted_offset`` with the last offset
+written). Skipped: Faust's table sensors and key TTLs (windowed tables only).
+
+``faust.streams._current_event``: Faust picks the RocksDB partition store from
+the current event and has no public way to choose it. Tables here are written
+after a whole batch, so each key is written in the scope of the last event that
+touched it: same profile id, same partition number.
+
+Proved by tests/integration/test_tables.py (the changelog holds what Faust's
+own writes hold and a new worker recovers it, memory and RocksDB) and
+tests/integration/test_pipeline.py::test_killing_the_worker_loses_nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.structs import TopicPartition
 from faust.streams import _current_event
 
 
@@ -36,53 +53,80 @@ def event_scope(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
+@dataclass(slots=True)
+class _Changes:
+    """Changelog messages of one table partition not yet acknowledged, in order."""
+
+    table: Any
+    messages: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
+
+
 class FaustTables:
     """The pipeline's StateTables on two Faust tables keyed by profile id."""
 
-    def __init__(self, profiles: Any, memberships: Any) -> None:
+    def __init__(self, profiles: Any, memberships: Any, producer: Any) -> None:
         self.profiles = profiles
         self.memberships = memberships
-        self._pending: list[tuple[Any, Callable[[], Any]]] = []
-        for table in (profiles, memberships):
-            table.send_changelog = self._tracking(table.send_changelog)
-
-    def _tracking(self, send_changelog: Callable[..., Any]) -> Callable[..., Any]:
-        def send(*args: Any, **kwargs: Any) -> Any:
-            future = send_changelog(*args, **kwargs)
-            self._pending.append((future, lambda: send_changelog(*args, **kwargs)))
-            return future
-
-        return send
+        self._producer = producer  # Faust's Producer; its aiokafka producer once started
+        self._pending: dict[TopicPartition, _Changes] = {}
 
     async def flush(self) -> None:
-        """Waits until Kafka acknowledged every changelog write made so far.
+        """Returns once Kafka acknowledged every changelog write made so far.
 
-        A write Kafka refused is sent again at once and the error raised: the
-        batch is retried, and its retry finds the tables already holding the
-        new values (so it writes nothing itself) and waits for these.
+        What Kafka refused stays pending, from a partition's first refused
+        message on (a later message of the same key must not land before it),
+        and the error is raised: the batch is retried, its retry finds the
+        tables already holding the new values (so it writes nothing itself)
+        and sends these again.
         """
-        pending, self._pending = self._pending, []
-        if not pending:
+        if not self._pending:
             return
-        results = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
-        failed = [
-            (again, result)
-            for (_, again), result in zip(pending, results, strict=True)
-            if isinstance(result, BaseException)
-        ]
-        for again, _ in failed:
-            self._pending.append((again(), again))
-        if failed:
-            raise failed[0][1]
+        sent: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
+        failure: BaseException | None = None
+        try:
+            producer = self._producer._ensure_producer()  # AIOKafkaProducer
+            for tp, changes in self._pending.items():
+                start = 0
+                while start < len(changes.messages):
+                    batch, end = producer.create_batch(), start
+                    for key, value in changes.messages[start:]:
+                        if batch.append(timestamp=None, key=key, value=value) is None:
+                            break  # full (the first message always fits)
+                        end += 1
+                    future = await producer.send_batch(batch, tp.topic, partition=tp.partition)
+                    sent.append((tp, end, future))
+                    start = end
+        except Exception as exc:  # what was sent is still awaited below
+            failure = exc
+        results = await asyncio.gather(*(future for *_, future in sent), return_exceptions=True)
+        acknowledged: dict[TopicPartition, int] = {}
+        start_of: dict[TopicPartition, int] = {}
+        for (tp, end, _), result in zip(sent, results, strict=True):
+            start, start_of[tp] = start_of.get(tp, 0), end
+            if isinstance(result, BaseException):
+                failure = failure or result
+                acknowledged.setdefault(tp, start)  # not past the first refusal
+            elif tp not in acknowledged:
+                # The offset Faust's own send callback would persist for RocksDB:
+                # the last message's; the batch's offsets are consecutive.
+                table = self._pending[tp].table
+                table.data.set_persisted_offset(tp, result.offset + end - start - 1)
+        for tp, end in start_of.items():
+            changes = self._pending[tp]
+            del changes.messages[: acknowledged.get(tp, end)]
+            if not changes.messages:
+                del self._pending[tp]
+        if failure is not None:
+            raise failure
 
     def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
         with event_scope(scope):
-            value: dict[str, Any] | None = self.profiles.get(profile_id)
+            value: dict[str, Any] | None = self.profiles.data.get(profile_id)
             return value
 
     def get_memberships(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
         with event_scope(scope):
-            value: dict[str, Any] | None = self.memberships.get(profile_id)
+            value: dict[str, Any] | None = self.memberships.data.get(profile_id)
             return value
 
     def put_profile(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
@@ -91,10 +135,24 @@ class FaustTables:
     def put_memberships(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
         self._put(self.memberships, profile_id, value, scope)
 
-    @staticmethod
-    def _put(table: Any, key: str, value: dict[str, Any] | None, scope: Any) -> None:
+    def _put(self, table: Any, key: str, value: dict[str, Any] | None, scope: Any) -> None:
+        """What ``table[key] = value`` (``table.pop(key, None)`` for None) does,
+        with the changelog message kept for ``flush``."""
         with event_scope(scope):
             if value is None:
-                table.pop(key, None)
+                if key not in table.data:
+                    return
+                del table.data[key]
             else:
-                table[key] = value
+                table.data[key] = value
+        topic = table.changelog_topic
+        headers = topic.prepare_headers(None)
+        key_bytes, headers = topic.prepare_key(key, table.key_serializer, None, headers)
+        value_bytes = None
+        if value is not None:
+            value_bytes, _ = topic.prepare_value(value, table.value_serializer, None, headers)
+        tp = TopicPartition(topic.get_topic_name(), scope.message.partition)
+        changes = self._pending.get(tp)
+        if changes is None:
+            changes = self._pending[tp] = _Changes(table)
+        changes.messages.append((key_bytes, value_bytes))

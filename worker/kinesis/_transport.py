@@ -117,6 +117,9 @@ class AioBotoTransport:
                 connect_timeout=5,
                 read_timeout=30,
                 max_pool_connections=32,
+                # The writer sends only records it checked (sizes, key length);
+                # botocore's walk over every entry of every call is pure cost.
+                parameter_validation=False,
             )
             self._client = await self._stack.enter_async_context(
                 self._session().client(
