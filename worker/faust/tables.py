@@ -13,9 +13,9 @@ The offsets of a batch must not be committed before its state is durable: a
 restart would find stale state and drop exports (a lost "exited" in the kill
 test).
 
-What is kept the same as Faust: the bytes (the changelog topic's own
-``prepare_key``/``prepare_value`` with the table's serializers, tombstones as
-in ``Table.on_key_del``), the partition (the event's, as
+What is kept the same as Faust: the bytes (the table's serializers' codecs,
+which is what the changelog topic's ``prepare_key``/``prepare_value`` use for
+a str key and a dict value; tombstones as in ``Table.on_key_del``), the partition (the event's, as
 ``Table.partition_for_key``), and the persisted offset RocksDB recovers from
 (``Table._on_changelog_sent``: ``set_persisted_offset`` with the last offset
 written). Skipped: Faust's table sensors and key TTLs (windowed tables only).
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.structs import TopicPartition
+from faust.serializers import codecs
 from faust.streams import _current_event
 
 
@@ -69,6 +70,16 @@ class FaustTables:
         self.memberships = memberships
         self._producer = producer  # Faust's Producer; its aiokafka producer once started
         self._pending: dict[TopicPartition, _Changes] = {}
+        # What Faust's Registry.dumps_key/dumps_value come down to for a str key
+        # and a dict value with the table's serializers: the codecs' dumps.
+        self._codecs = {
+            id(table): (
+                table.changelog_topic.get_topic_name(),
+                codecs.get_codec(table.key_serializer).dumps,
+                codecs.get_codec(table.value_serializer).dumps,
+            )
+            for table in (profiles, memberships)
+        }
 
     async def flush(self) -> None:
         """Returns once Kafka acknowledged every changelog write made so far.
@@ -145,14 +156,10 @@ class FaustTables:
                 del table.data[key]
             else:
                 table.data[key] = value
-        topic = table.changelog_topic
-        headers = topic.prepare_headers(None)
-        key_bytes, headers = topic.prepare_key(key, table.key_serializer, None, headers)
-        value_bytes = None
-        if value is not None:
-            value_bytes, _ = topic.prepare_value(value, table.value_serializer, None, headers)
-        tp = TopicPartition(topic.get_topic_name(), scope.message.partition)
+        topic, dump_key, dump_value = self._codecs[id(table)]
+        tp = TopicPartition(topic, scope.message.partition)
+        message = (dump_key(key), None if value is None else dump_value(value))
         changes = self._pending.get(tp)
         if changes is None:
             changes = self._pending[tp] = _Changes(table)
-        changes.messages.append((key_bytes, value_bytes))
+        changes.messages.append(message)
