@@ -695,6 +695,8 @@ def latency(context: Context, rate: float, seconds: float) -> LatencyFigures:
                 time.sleep(0.1)
         finally:
             worker.stop()
+        if os.environ.get("BENCH_LATENCY_DUMP"):
+            Path(os.environ["BENCH_LATENCY_DUMP"]).write_text(orjson.dumps(kinesis.latencies_ms).decode())
         ordered = sorted(kinesis.latencies_ms)
     if not ordered:
         raise RuntimeError(f"no record arrived:\n{worker.log()}")

@@ -10,6 +10,7 @@ This module only assembles those pieces.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -37,6 +38,8 @@ from worker.topics import TopicLayout, preflight
 from worker.web import WebServer
 
 log = logging.getLogger(__name__)
+
+GC_THRESHOLDS = (20_000, 20, 20)
 
 
 class Writers(Service):
@@ -205,6 +208,11 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
 def run(settings: Settings) -> int:
     """Runs the worker until SIGTERM/SIGINT."""
     log_config = logs.setup(settings.runtime.log_level, logs.secret_values(settings))
+    # Each event allocates a few hundred objects: at Python's default (a young
+    # collection every 700 allocations) the collector ran several times per
+    # event and its older passes over the tables stalled batches
+    # (docs/benchmarks.md, latency).
+    gc.set_threshold(*GC_THRESHOLDS)
     layout = asyncio.run(preflight(settings))
     Path(settings.runtime.data_dir).mkdir(parents=True, exist_ok=True)
     app, services = create_app(settings, layout)

@@ -84,7 +84,8 @@ class EventBatches:
     def __init__(self, max_events: int, linger_s: float, memory: MemoryBudget) -> None:
         self._max = max_events
         self._linger = linger_s
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_events)
+        # (event, when it was taken): a batch lingers from its first event's arrival.
+        self._queue: asyncio.Queue[tuple[Any, float]] = asyncio.Queue(maxsize=max_events)
         self._memory = memory
         self.buffered_events = 0
         self.last_event_at = 0.0
@@ -109,21 +110,25 @@ class EventBatches:
         self.buffered_events += 1
         self.last_event_at = now
         metrics.BUFFERED_EVENTS.set(self.buffered_events)
-        await self._queue.put(event)
+        await self._queue.put((event, now))
 
     async def next_batch(self) -> list[Any]:
-        batch = [await self._queue.get()]
+        """Waits for an event, then takes more until ``max_events`` or until the
+        first has waited ``linger_s`` since it was taken from the stream (it may
+        have waited already, behind the previous batch)."""
+        first, since = await self._queue.get()
+        batch = [first]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._linger
+        deadline = since + self._linger
         while len(batch) < self._max:
             if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                batch.append(self._queue.get_nowait()[0])
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append((await asyncio.wait_for(self._queue.get(), remaining))[0])
             except TimeoutError:
                 break
         return batch

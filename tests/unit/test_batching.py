@@ -224,3 +224,12 @@ async def test_a_failure_of_the_batch_loop_stops_the_runner_even_while_input_wai
 
     with pytest.raises(Broken):
         await asyncio.wait_for(run.run(Stream()), 5)
+
+
+async def test_a_batch_lingers_from_its_first_event_s_arrival() -> None:
+    """An event that already waited behind the previous batch does not wait again."""
+    batches = EventBatches(10, 0.3, MemoryBudget(1 << 20))
+    await batches.put(Event(0, 10))
+    await asyncio.sleep(0.3)  # the previous batch was being processed meanwhile
+    batch = await asyncio.wait_for(batches.next_batch(), 0.2)
+    assert [e.message.offset for e in batch] == [0]

@@ -8,6 +8,8 @@ proves it:
   a record (transaction markers, compaction) are recorded.
 - ``commits``: never commit past a record that was not acknowledged
   (faust-streaming#606), and commit over offsets that hold no record.
+- ``fetchwait``: a fetch waits at the broker 100 ms, not a hard-coded 1.5 s
+  that stalls a busy worker behind idle partitions.
 - ``recovery``: seek before resume after table recovery (faust-streaming#596).
 - ``acks``: acknowledgements of events a stream skipped at a rebalance do not
   count in the next generation.
@@ -56,10 +58,11 @@ def apply() -> None:
     check_versions(faust.__version__, aiokafka.__version__)
     from faust.transport import consumer
 
-    from worker.faust import acks, commits, recovery
+    from worker.faust import acks, commits, fetchwait, recovery
 
     consumer.Consumer._new_offset = commits._new_offset  # type: ignore[method-assign]
     fetch.apply()
+    fetchwait.apply()
     recovery.apply()
     acks.apply()
     _applied = True

@@ -316,7 +316,7 @@ class RuntimeSettings(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Events taken from Kafka per batch, and the longest wait to fill one.
     batch_max_events: int = Field(default=2000, ge=1, le=100_000)
-    batch_linger_ms: int = Field(default=100, ge=1, le=60_000)
+    batch_linger_ms: int = Field(default=50, ge=1, le=60_000)
     # Everything the worker holds. Half: input events taken from Kafka and not
     # yet done (full, the worker stops reading). Half: records built and not
     # yet accepted, dead letters not yet written (full, the batch delivers
