@@ -696,7 +696,9 @@ def latency(context: Context, rate: float, seconds: float) -> LatencyFigures:
         finally:
             worker.stop()
         if os.environ.get("BENCH_LATENCY_DUMP"):
-            Path(os.environ["BENCH_LATENCY_DUMP"]).write_text(orjson.dumps(kinesis.latencies_ms).decode())
+            Path(os.environ["BENCH_LATENCY_DUMP"]).write_text(
+                orjson.dumps(kinesis.latencies_ms).decode()
+            )
         ordered = sorted(kinesis.latencies_ms)
     if not ordered:
         raise RuntimeError(f"no record arrived:\n{worker.log()}")
