@@ -26,6 +26,7 @@ from worker import logs, metrics
 from worker.batching import BatchRunner
 from worker.budget import MemoryBudget
 from worker.faust.deadletters import DeadLetterTopic
+from worker.faust.monitor import LeanMonitor
 from worker.faust.repair import Repairs
 from worker.faust.tables import FaustTables
 from worker.health import Health
@@ -112,9 +113,8 @@ def app_options(settings: Settings, partitions: int) -> dict[str, Any]:
         # channel (faust-streaming's opt-in repair of its Cython fast path).
         "cython_optimizations": True,
         "producer_acks": -1,
-        # Changelog writes come a batch at a time: a short linger sends them
-        # in few produce requests instead of one each.
-        "producer_linger": 0.005,
+        # Changelog writes go a batch per partition (worker.faust.tables): up
+        # to this many bytes in one record batch.
         "producer_max_batch_size": 256 * 1024,
         "table_cleanup_interval": 60.0,
         "table_standby_replicas": runtime.standby_replicas,
@@ -135,7 +135,9 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     faust_fixes.apply_speedups()
     runtime = settings.runtime
     kafka = settings.kafka
-    app = WorkerApp(settings.app_id, **app_options(settings, layout.partitions))
+    app = WorkerApp(
+        settings.app_id, monitor=LeanMonitor(), **app_options(settings, layout.partitions)
+    )
     # Tables are written a batch at a time; Faust's default (100 pending
     # changelog messages) would stall every batch in producer flushes.
     app.producer.buffer.max_messages = max(1000, 4 * runtime.batch_max_events)

@@ -20,6 +20,8 @@ Speed-ups, not fixes (``apply_speedups()``; the benchmark's no-op agent runs
 without them so that it stays the stock agent):
 
 - ``handover``: a fetched record reaches the streams without a task per record.
+- ``monitor``: Faust's monitor sensor without its per-event bookkeeping
+  (passed to the app by worker.app).
 
 And the adapters of the pipeline's ports to Faust: ``tables`` (above) and
 ``deadletters`` (the dead-letter topic on the app's producer); ``state`` reads
