@@ -16,8 +16,10 @@ its own process, one after another, on the same preloaded topics:
   the first ``getmany`` to the last value decoded;
 - (b) a no-op faust-streaming agent (``async for _ in stream``, the default
   auto-ack stream, not the worker's ``noack``), with the app and topic
-  settings of ``worker/app.py`` and the worker's Faust fixes; timed from the
-  first event to the last;
+  settings of ``worker/app.py`` (``app_options``, so Faust's opt-in Cython
+  stream path too) and the worker's Faust fixes, but not its speed-ups
+  (``worker.faust.apply_speedups``, the lean monitor): Faust as it ships;
+  timed from the first event to the last;
 - (c) the worker (``python -m worker run``) writing to an instant-ack Kinesis
   endpoint served by this process (every record accepted at once, no shard
   limits in the worker); records accepted after the first PutRecords call /
@@ -344,7 +346,8 @@ def faust_noop(
     bootstrap: str, topics: Sequence[str], app_id: str, data_dir: Path, expected: int, out: Path
 ) -> None:
     """(b): a no-op agent (auto ack) with worker/app.py's app and topic settings and
-    the worker's Faust fixes; writes the result and exits at the last event."""
+    the worker's Faust fixes, not its speed-ups; writes the result and exits at
+    the last event."""
     import faust
 
     from worker import faust as faust_fixes
