@@ -6,14 +6,12 @@ event appends the records it causes to `records` (in order, per destination), ba
 events count in `dead_letters` by reason, and every event counts in `outcomes` as
 the worker's `kd_events_total` does.
 
-Limits, on purpose (the feeds that use it stay inside them):
+Identities: the latest `identityMap` of a profile update, else the last non-empty
+`identityMap` of an applied qualification (remembered), else `{}` (contract
+sections 1 and 3).
 
-- A profile qualifies only after a profile update made it known.
-- Identities come only from the profile table (the latest `identityMap` of a profile
-  update). The contract's fall-backs for a profile the table holds no identities for
-  (the qualification event's `identityMap`, remembered for the profile) are not
-  modelled: a feed must give each profile its identities before it qualifies.
-- Times are taken as parsed; events the worker must refuse are counted with `bad`.
+Limits, on purpose (the feeds that use it stay inside them): times are taken as
+parsed; events the worker must refuse are counted with `bad`.
 """
 
 from __future__ import annotations
@@ -55,6 +53,12 @@ class ProfileState:
     identities: Identities
     # segment id -> (member?, lastQualificationTime), for mapped segments only
     members: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
+    # from the last applied qualification that carried a non-empty identityMap
+    remembered: Identities | None = None
+
+    def carried(self) -> Identities:
+        """The identities a record carries."""
+        return self.identities or self.remembered or {}
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,8 @@ class Model:
             return False
         data = project(state.attributes, destination.attributes)
         data["segmentMembership"] = {"ups": ups}
-        data["identityMap"] = copy.deepcopy(state.identities)
-        key = partition_key(state.identities, destination.namespaces, profile_id)
+        data["identityMap"] = copy.deepcopy(state.carried())
+        key = partition_key(state.carried(), destination.namespaces, profile_id)
         self.records.append(Expected(index, key, data))
         return True
 
@@ -125,17 +129,27 @@ class Model:
         self.dead_letters[reason] += 1
         self._count(topic, "dead_lettered")
 
-    def qualify(self, profile_id: str, segment_id: str, status: str, when: datetime) -> None:
-        """A segment qualification, `when` being its `qualificationTime` as sent."""
+    def qualify(
+        self,
+        profile_id: str,
+        segment_id: str,
+        status: str,
+        when: datetime,
+        identities: Identities | None = None,
+    ) -> None:
+        """A segment qualification, `when` being its `qualificationTime` as sent, with
+        the `identityMap` it carries."""
         topic = self.config.qualifications_topic
         if not any(d.maps(segment_id) for d in self.config.destinations):
             self._count(topic, "unmapped")  # ignored
             return
-        state = self.profiles[profile_id]
+        state = self.profiles.setdefault(profile_id, ProfileState({}, {}))
         previous = state.members.get(segment_id)
         if previous is not None and when < previous[1]:
             self._count(topic, "stale")  # changes nothing
             return
+        if identities:
+            state.remembered = copy.deepcopy(identities)
         was_member = previous is not None and previous[0]
         is_member = status != "exited"
         state.members[segment_id] = (is_member, when)

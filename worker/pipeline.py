@@ -98,6 +98,9 @@ class _Profile:
     identity_map: dict[str, Any] | None
     memberships: dict[str, SegmentState]
     scope: Any
+    # The identityMap of the last applied qualification that carried one: the
+    # profile's identities while the profile table holds none (contract section 1).
+    remembered: dict[str, Any] | None = None
     profile_dirty: bool = False
     memberships_dirty: bool = False
     deleted: bool = False
@@ -110,8 +113,24 @@ class _Profile:
         for name, value in zip(_PROFILE_FIELDS, snapshot, strict=True):
             setattr(self, name, value)
 
+    @property
+    def identities(self) -> dict[str, Any] | None:
+        """What its records carry: the profile table's identities, else the remembered."""
+        return self.identity_map or self.remembered
+
+    def stored(self) -> dict[str, Any]:
+        """The profile table's value."""
+        value = {"attributes": self.attributes, "identityMap": self.identity_map}
+        if self.remembered is not None:
+            value["rememberedIdentityMap"] = self.remembered
+        return value
+
 
 _PROFILE_FIELDS = tuple(f.name for f in fields(_Profile))
+# What the profile table stores, with its place in a snapshot.
+_STORED_PROFILE_FIELDS = tuple(
+    (name, _PROFILE_FIELDS.index(name)) for name in ("attributes", "identity_map", "remembered")
+)
 
 
 @dataclass(slots=True)
@@ -258,10 +277,8 @@ class BatchProcessor:
         if profile.deleted:
             return
         size = len(profile_id.encode())
-        if profile.attributes is not before[0] or profile.identity_map is not before[1]:
-            stored = orjson.dumps(
-                {"attributes": profile.attributes, "identityMap": profile.identity_map}
-            )
+        if any(getattr(profile, name) is not before[i] for name, i in _STORED_PROFILE_FIELDS):
+            stored = orjson.dumps(profile.stored())
             if size + len(stored) > MAX_STATE_BYTES:
                 raise BadEvent(
                     Reason.STATE_TOO_LARGE,
@@ -305,6 +322,7 @@ class BatchProcessor:
                 identity_map=stored.get("identityMap"),
                 memberships=memberships_from_json(memberships) if memberships else {},
                 scope=message.scope,
+                remembered=stored.get("rememberedIdentityMap"),
             )
             batch.overlay[profile_id] = found
         batch.touched = (profile_id, found, found.snapshot())
@@ -335,10 +353,17 @@ class BatchProcessor:
             profile.memberships = transition.memberships
             profile.memberships_dirty = True
             profile.deleted = False  # a deleted profile can qualify again in the same batch
+        if (
+            transition.outcome != QualificationOutcome.STALE
+            and event.identity_map
+            and event.identity_map != profile.remembered
+        ):
+            profile.remembered = event.identity_map
+            profile.profile_dirty = True
+            profile.deleted = False
         status = transition.exported_status
         if status is not None:
-            # An empty stored map holds no identities either: use the event's.
-            identities = profile.identity_map or event.identity_map
+            identities = profile.identities
             for index, destination in enumerate(self._destinations):
                 if not destination.format.maps(event.segment_id):
                     continue
@@ -384,7 +409,7 @@ class BatchProcessor:
                 index,
                 update.profile_id,
                 profile.attributes,
-                profile.identity_map,
+                profile.identities,
                 profile.memberships,
                 {},
                 message,
@@ -406,7 +431,7 @@ class BatchProcessor:
                     index,
                     profile_id,
                     profile.attributes,
-                    profile.identity_map,
+                    profile.identities,
                     profile.memberships,
                     changed,
                     message,
@@ -414,6 +439,7 @@ class BatchProcessor:
                     ExportStatus.EXITED,
                 )
         profile.attributes, profile.identity_map, profile.memberships = {}, None, {}
+        profile.remembered = None
         profile.deleted = profile.profile_dirty = profile.memberships_dirty = True
         return ProfileUpdateOutcome.EXPORTED if exported else ProfileUpdateOutcome.DELETED
 
@@ -474,11 +500,7 @@ class BatchProcessor:
                 )
             if profile.profile_dirty:
                 self._tables.put_profile(
-                    profile_id,
-                    None
-                    if profile.deleted
-                    else {"attributes": profile.attributes, "identityMap": profile.identity_map},
-                    profile.scope,
+                    profile_id, None if profile.deleted else profile.stored(), profile.scope
                 )
 
 

@@ -299,6 +299,27 @@ def test_bad_events_go_to_the_dead_letter_topic(deployment: Deployment) -> None:
     assert isinstance(first["source"]["offset"], int)
 
 
+def test_an_exit_carries_the_identities_its_entry_carried(stack: Stack, tmp_path: Path) -> None:
+    """Remembered identities (contract sections 1 and 3), across a restart that
+    rebuilds the tables from their changelog: the exit, sent without identities,
+    carries the entry's and lands under the same partition key."""
+    with Deployment(stack, unique("it-remembered"), tmp_path, partitions=4) as deployment:
+        worker = deployment.worker()
+        worker.start()
+        entry = qualification("p-rem", SEG_A, "realized", "2021-05-01T00:00:00Z", ecid("rem"))
+        deployment.send(("q", "p-rem", entry))
+        assert len(deployment.records(0, "ecid-rem", 1)) == 1
+        assert worker.stop() == 0, worker.log()
+        restarted = deployment.worker("restarted")  # a new data dir: the changelog only
+        restarted.start()
+        exit_ = qualification("p-rem", SEG_A, "exited", "2021-05-02T00:00:00Z")
+        deployment.send(("q", "p-rem", exit_))
+        entered, exited = deployment.records(0, "ecid-rem", 2)
+        assert [ups(r)[SEG_A]["status"] for r in (entered, exited)] == ["realized", "exited"]
+        assert entered["identityMap"] == exited["identityMap"] == ecid("rem")
+        assert restarted.stop() == 0, restarted.log()
+
+
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_restart_recovers_state(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str], store: str

@@ -49,7 +49,7 @@ async def test_a_delivery_that_does_not_wait_creates_no_task(
 
 async def test_a_delivery_that_waits_finishes_under_mode_s_wait_first() -> None:
     consumer = Consumer()
-    room = asyncio.get_running_loop().create_future()
+    room: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def blocked() -> str:
         await asyncio.sleep(0)  # a bare yield first
@@ -107,4 +107,4 @@ async def test_anything_but_a_coroutine_goes_to_mode_s_wait_first() -> None:
     done = asyncio.Event()
     done.set()
     results = await handover.wait_first(consumer, done)
-    assert results.done == [done]
+    assert results.done == [done]  # type: ignore[comparison-overlap]

@@ -445,7 +445,86 @@ async def test_identity_map_comes_from_the_event_without_a_profile(world: World)
     [(record, key)] = world.one
     assert record["identityMap"] == ECID_MAP
     assert key == ECID  # the first id of the first namespace
-    assert "p1" not in world.tables.profiles  # the event's identities are not stored
+    # Remembered apart from the identities of profile updates (contract section 1).
+    assert world.tables.profiles["p1"] == {
+        "attributes": {},
+        "identityMap": None,
+        "rememberedIdentityMap": ECID_MAP,
+    }
+
+
+# -- remembered identities (contract sections 1 and 3) --------------------------------------
+
+
+async def test_an_exit_carries_the_identities_its_entry_carried(world: World) -> None:
+    """The issue-14 case: the exit, without identities, on the entry's shard."""
+    await world.run(world.q("p1", SEG_A, "realized", T0, ECID_MAP))
+    await world.run(world.q("p1", SEG_A, "exited", T1))
+    [(entered, entry_key), (exited, exit_key)] = world.one
+    assert ups(exited) == {SEG_A: entry(T1, "exited", name="Segment A")}
+    assert entered["identityMap"] == exited["identityMap"] == ECID_MAP
+    assert entry_key == exit_key == ECID
+
+
+async def test_remembered_identities_serve_updates_and_the_deletion_then_go(
+    world: World,
+) -> None:
+    await world.run(world.q("p1", SEG_A, "realized", T0, ECID_MAP))
+    await world.run(world.update("p1", {"person": {"name": {"lastName": "Silva"}}}))
+    await world.run(world.tombstone("p1"))
+    [_, (updated, update_key), (deleted, delete_key)] = world.one
+    assert updated["identityMap"] == deleted["identityMap"] == ECID_MAP
+    assert update_key == delete_key == ECID
+    assert ups(deleted)[SEG_A]["status"] == "exited"
+    # A tombstone forgets them with the rest of the profile.
+    assert "p1" not in world.tables.profiles
+    await world.run(world.q("p1", SEG_A, "realized", T1))
+    (again, again_key) = world.one[-1]
+    assert again["identityMap"] == {}
+    assert again_key == "p1"
+
+
+async def test_the_profile_table_s_identities_win_over_remembered_ones(world: World) -> None:
+    await world.run(world.q("p1", SEG_A, "realized", T0, ECID_MAP))
+    await world.run(world.update("p1", identity_map=EMAIL_MAP))
+    await world.run(world.q("p1", SEG_A, "exited", T1))
+    [_, (updated, _), (exited, key)] = world.one
+    assert updated["identityMap"] == exited["identityMap"] == EMAIL_MAP
+    assert key == EMAIL
+    # An empty map in the profile table holds no identities: the remembered serve again.
+    await world.run(world.update("p1", identity_map={}))
+    await world.run(world.q("p1", SEG_A, "realized", T2))
+    (entered, entered_key) = world.one[-1]
+    assert entered["identityMap"] == ECID_MAP
+    assert entered_key == ECID
+
+
+async def test_the_last_applied_qualification_with_identities_is_remembered(
+    world: World,
+) -> None:
+    await world.run(world.q("p1", SEG_A, "realized", T1, ECID_MAP))
+    # A duplicate is applied (it sets lastQualificationTime): its identities replace.
+    await world.run(world.q("p1", SEG_A, "existing", T1, EMAIL_MAP))
+    # A stale event is not applied: its identities are not remembered.
+    await world.run(world.q("p1", SEG_A, "realized", T0, FULL_MAP))
+    # An event without identities forgets nothing.
+    await world.run(world.q("p1", SEG_A, "exited", T2))
+    [(entered, _), (exited, key)] = world.one
+    assert entered["identityMap"] == ECID_MAP
+    assert exited["identityMap"] == EMAIL_MAP
+    assert key == EMAIL
+    assert world.tables.profiles["p1"]["rememberedIdentityMap"] == EMAIL_MAP
+
+
+async def test_remembered_identities_in_one_batch_as_across_batches(world: World) -> None:
+    messages = [
+        world.q("p1", SEG_A, "realized", T0, ECID_MAP),
+        world.update("p1", {"person": {"name": {"lastName": "Silva"}}}),
+        world.q("p1", SEG_A, "exited", T1),
+    ]
+    await world.run(*messages)
+    assert [key for _, key in world.one] == [ECID, ECID, ECID]
+    assert world.tables.profiles["p1"]["rememberedIdentityMap"] == ECID_MAP
 
 
 async def test_identity_map_comes_from_the_event_for_a_profile_without_identities(
@@ -691,9 +770,9 @@ async def test_tombstone_of_a_member_without_profile(world: World) -> None:
     [(record, key)] = world.one
     assert record == {
         "segmentMembership": {"ups": {SEG_A: entry(T0, "exited", name="Segment A")}},
-        "identityMap": {},
+        "identityMap": ECID_MAP,  # remembered from its qualification
     }
-    assert key == "p1"
+    assert key == ECID
     assert world.tables.memberships == {}
 
 
@@ -754,9 +833,10 @@ async def test_events_of_one_profile_in_one_batch_apply_in_order(world: World) -
     ]
     assert report.outcomes == {"exported": 2}
     assert world.tables.states("p1") == {SEG_A: SegmentState(False, at(T1))}
-    # The state is written once, after the batch, by its last event's scope.
-    assert [w[:2] for w in world.tables.writes] == [("memberships", "p1")]
-    assert world.tables.writes[0][3] == f"{QUALIFICATIONS}@101"
+    # The state is written once, after the batch, by its last event's scope
+    # (the profile for the identities remembered from the events).
+    assert [w[:2] for w in world.tables.writes] == [("memberships", "p1"), ("profile", "p1")]
+    assert {w[3] for w in world.tables.writes} == {f"{QUALIFICATIONS}@101"}
 
 
 async def test_stale_and_duplicate_within_one_batch(world: World) -> None:

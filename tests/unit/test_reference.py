@@ -193,3 +193,21 @@ def test_bad_events_are_counted_and_change_nothing(model: Model) -> None:
     assert model.dead_letters == {"invalid_json": 2}
     assert model.outcomes[QUALIFICATIONS, "dead_lettered"] == 1
     assert model.records == []
+
+
+def test_identities_of_qualifications_are_remembered_while_the_table_has_none() -> None:
+    m = Model(config())
+    ecid = {"ecid": [{"id": "e-9"}]}
+    m.qualify("p-9", A, "realized", T, ecid)  # a profile known only from this event
+    m.update("p-9", {"person": {"name": {"lastName": "Costa"}}}, None)
+    m.qualify("p-9", A, "realized", T - timedelta(seconds=1), IDS)  # stale: not remembered
+    m.qualify("p-9", A, "exited", T + timedelta(seconds=1))
+    assert [r.data["identityMap"] for r in m.records] == [ecid, ecid, ecid]
+    assert [r.partition_key for r in m.records] == ["e-9", "e-9", "e-9"]
+    m.update("p-9", {}, IDS)  # the profile table's identities win
+    m.qualify("p-9", A, "realized", T + timedelta(seconds=2), ecid)
+    assert m.records[-1].data["identityMap"] == IDS
+    m.delete("p-9")  # forgets them with the rest
+    m.qualify("p-9", A, "realized", T + timedelta(seconds=3))
+    assert m.records[-1].data["identityMap"] == {}
+    assert m.records[-1].partition_key == "p-9"

@@ -59,6 +59,8 @@ class Repairs(Service):
         self._restarts = 0
         self._idle_since: float | None = None
         self._holes: dict[Any, tuple[int, float]] = {}  # tp -> (offset, first seen)
+        # active changelog tp behind its highwater -> (offset, since when)
+        self._recovery_seen: dict[Any, tuple[int, float]] = {}
 
     @Service.timer(CHECK_INTERVAL_S)
     async def _check(self) -> None:
@@ -66,6 +68,7 @@ class Repairs(Service):
             now = asyncio.get_running_loop().time()
             await self.replay_holes(now)
             await self.watchdog(now)
+            await self.recovery_watch(now)
         except Exception:  # a check missed is not worth stopping for
             log.debug("repair check failed", exc_info=True)
 
@@ -146,6 +149,53 @@ class Repairs(Service):
         consumer.resume_flow()
         await positions.reposition(consumer, inputs)
         self._idle_since = now
+
+    async def recovery_watch(self, now: float) -> None:
+        """Says what the consumer holds when a table recovery stops progressing:
+        an active changelog partition behind its highwater that received
+        nothing for ``STUCK_AFTER_S`` (Faust only says "No event received")."""
+        recovery = self.app.tables.recovery
+        if not recovery.in_recovery:  # (``completed`` is never cleared)
+            self._recovery_seen = {}
+            return
+        offsets = dict(recovery.active_offsets)
+        highwaters = dict(recovery.active_highwaters)
+        behind = [tp for tp in recovery.active_tps if offsets.get(tp, -1) < highwaters.get(tp, -1)]
+        seen = self._recovery_seen
+        stuck = []
+        for tp in behind:
+            first = seen.get(tp)
+            if first is None or first[0] != offsets.get(tp, -1):
+                seen[tp] = (offsets.get(tp, -1), now)
+            elif now - first[1] >= STUCK_AFTER_S:
+                stuck.append(tp)
+        self._recovery_seen = {tp: seen[tp] for tp in behind}
+        if not stuck:
+            return
+        consumer = self.app.consumer
+        at: dict[str, object] = {}
+        for tp in stuck:
+            try:
+                at[f"{tp.topic}[{tp.partition}]"] = await consumer.position(tp)
+            except Exception as exc:  # the state is what we want to see
+                at[f"{tp.topic}[{tp.partition}]"] = repr(exc)
+        log.warning(
+            "table recovery stalled on %s: offsets %s, highwaters %s, positions %s, "
+            "read offsets %s; active %s, paused %s, buffered %s; flow active %s, "
+            "flow control %s, suspend flow %s, changelog queue %d",
+            _names(stuck),
+            {f"{tp.topic}[{tp.partition}]": offsets.get(tp) for tp in stuck},
+            {f"{tp.topic}[{tp.partition}]": highwaters.get(tp) for tp in stuck},
+            at,
+            {f"{tp.topic}[{tp.partition}]": consumer._read_offset.get(tp) for tp in stuck},
+            _names(consumer._active_partitions or ()),
+            _names(consumer._paused_partitions or ()),
+            _names(consumer._buffered_partitions or ()),
+            consumer.flow_active,
+            self.app.flow_control.is_active(),
+            consumer.suspend_flow.is_set(),
+            self.app.tables.changelog_queue.qsize(),
+        )
 
 
 def _names(tps: Iterable[Any]) -> list[str]:

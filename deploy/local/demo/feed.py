@@ -47,6 +47,8 @@ class Feed:
     rng: random.Random
     model: Model
     waves: list[Wave] = field(default_factory=list)
+    # Profiles whose updates carry no identities: those their qualifications carry.
+    qualifying: dict[str, Identities] = field(default_factory=dict)
 
     def _time(self, when: datetime) -> str:
         roll = self.rng.random()
@@ -81,13 +83,16 @@ class Feed:
             "status": status,
             "qualificationTime": sent,
         }
-        if self.rng.random() < 0.5:  # optional; the profile table's identities win
-            body["identityMap"] = self.model.profiles[profile_id].identities
+        identities = self.model.profiles[profile_id].identities or self.qualifying.get(profile_id)
+        if identities and self.rng.random() < 0.5:  # optional; the profile table's win
+            body["identityMap"] = identities
         out.append(
             (self.config.qualifications_topic, profile_id.encode(), json.dumps(body).encode())
         )
         # The worker sees the time as sent (a fraction may be left out).
-        self.model.qualify(profile_id, segment_id, status, datetime.fromisoformat(sent))
+        self.model.qualify(
+            profile_id, segment_id, status, datetime.fromisoformat(sent), body.get("identityMap")
+        )
 
     def _bad(self, out: list[Message], topic: str, key: str, value: bytes, reason: str) -> None:
         out.append((topic, key.encode(), value))
@@ -118,6 +123,12 @@ class Feed:
             }
             if rng.random() < 0.8:
                 identities["ecid"] = [{"id": str(rng.randrange(10**37, 10**38))}]
+            if rng.random() < 0.1:
+                # Known only from its qualifications, whose identities its records
+                # then carry (remembered: contract sections 1 and 3).
+                self.qualifying[profile_id] = identities
+                self._update(wave, profile_id, T0 - timedelta(days=1), attributes)
+                continue
             self._update(wave, profile_id, T0 - timedelta(days=1), attributes, identities)
         self.waves.append(Wave("profiles", wave, len(self.model.records)))
 
