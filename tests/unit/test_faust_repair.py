@@ -178,3 +178,33 @@ async def test_no_lag_is_never_stuck() -> None:
         await found.watchdog(now)
     assert app.consumer.seeks == []
     assert not found.stuck
+
+
+async def test_a_stalled_table_recovery_says_what_the_consumer_holds(caplog: Any) -> None:
+    app, found = repairs("recovery", [(0.0, 0)])
+    changelog, done = TP("recovery-changelog", 5), TP("recovery-changelog", 0)
+    recovery = app.tables.recovery
+    recovery.in_recovery = True
+    recovery.active_tps = {changelog, done}
+    recovery.active_offsets = {changelog: 10, done: 40}
+    recovery.active_highwaters = {changelog: 327, done: 40}
+    app.tables.changelog_queue = type("Queue", (), {"qsize": lambda self: 0})()
+    consumer: Any = app.consumer
+    consumer._buffered_partitions = set()
+    consumer.flow_active = True
+    consumer.suspend_flow = type("Event", (), {"is_set": lambda self: False})()
+    app.flow_control.is_active = lambda: True
+    consumer._read_offset[changelog] = 326
+    await found.recovery_watch(now=0.0)
+    await found.recovery_watch(now=10.0)
+    assert "recovery stalled" not in caplog.text
+    recovery.active_offsets[done] = 40  # progress elsewhere does not count
+    await found.recovery_watch(now=21.0)
+    assert "table recovery stalled on ['recovery-changelog[5]']" in caplog.text
+    assert "'recovery-changelog[5]': 326" in caplog.text  # its read offset
+    caplog.clear()
+    recovery.active_offsets[changelog] = 11  # it moved: the clock starts again
+    await found.recovery_watch(now=30.0)
+    recovery.in_recovery = False
+    await found.recovery_watch(now=60.0)
+    assert "recovery stalled" not in caplog.text
