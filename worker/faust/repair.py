@@ -124,12 +124,7 @@ class Repairs(Service):
         inputs = self._inputs()
         self._restarts += 1
         self.stuck = self._restarts > 1
-        at: dict[str, object] = {}
-        for tp in inputs:
-            try:
-                at[f"{tp.topic}[{tp.partition}]"] = await consumer.position(tp)
-            except Exception as exc:  # the state is what we want to see
-                at[f"{tp.topic}[{tp.partition}]"] = repr(exc)
+        at = await _positions(consumer, inputs)
         log.warning(
             "no event for %.0fs with %d messages waiting: re-seeking %d input partitions%s; "
             "active %s, paused %s, positions %s, committed %s, first fetched %s",
@@ -173,12 +168,7 @@ class Repairs(Service):
         if not stuck:
             return
         consumer = self.app.consumer
-        at: dict[str, object] = {}
-        for tp in stuck:
-            try:
-                at[f"{tp.topic}[{tp.partition}]"] = await consumer.position(tp)
-            except Exception as exc:  # the state is what we want to see
-                at[f"{tp.topic}[{tp.partition}]"] = repr(exc)
+        at = await _positions(consumer, stuck)
         log.warning(
             "table recovery stalled on %s: offsets %s, highwaters %s, positions %s, "
             "read offsets %s; active %s, paused %s, buffered %s; flow active %s, "
@@ -196,6 +186,16 @@ class Repairs(Service):
             consumer.suspend_flow.is_set(),
             self.app.tables.changelog_queue.qsize(),
         )
+
+
+async def _positions(consumer: Any, tps: Iterable[Any]) -> dict[str, object]:
+    at: dict[str, object] = {}
+    for tp in tps:
+        try:
+            at[f"{tp.topic}[{tp.partition}]"] = await consumer.position(tp)
+        except Exception as exc:  # the state is what we want to see
+            at[f"{tp.topic}[{tp.partition}]"] = repr(exc)
+    return at
 
 
 def _names(tps: Iterable[Any]) -> list[str]:
