@@ -343,8 +343,8 @@ class BatchProcessor:
         message: InputMessage,
         batch: _Batch,
     ) -> QualificationOutcome:
-        # Every segment's membership is kept, mapped or not, so that a segment
-        # mapped later knows its members; only mapped segments are exported.
+        if event.segment_id not in self._mapped:
+            return QualificationOutcome.UNMAPPED
         profile = self._profile(event.profile_id, message, batch)
         transition = apply_qualification(
             profile.memberships, event.segment_id, event.status, event.qualification_time
@@ -353,9 +353,6 @@ class BatchProcessor:
             profile.memberships = transition.memberships
             profile.memberships_dirty = True
             profile.deleted = False  # a deleted profile can qualify again in the same batch
-        if event.segment_id not in self._mapped:
-            # Not an applied event in the contract's sense: nothing remembered.
-            return QualificationOutcome.UNMAPPED
         if (
             transition.outcome != QualificationOutcome.STALE
             and event.identity_map

@@ -359,21 +359,13 @@ async def test_an_event_at_the_same_time_is_applied(world: World) -> None:
     assert [ups(r)[SEG_A]["status"] for r, _ in world.one] == ["realized"]
 
 
-async def test_unmapped_segment_is_kept_not_exported_and_counted(world: World) -> None:
+async def test_unmapped_segment_is_ignored_and_counted(world: World) -> None:
     report = await world.run(world.q("p1", UNMAPPED, "realized", T0, ECID_MAP))
     assert world.one == world.two == []
     assert report.outcomes == {"unmapped": 1}
     assert report.dead_letters == 0
+    assert world.tables.writes == []
     assert world.dead_letters.sent == []
-    # Its membership is kept with the same rules, for a later mapping; its
-    # identities are not remembered (contract section 1: mapped segments only).
-    assert world.tables.states("p1") == {UNMAPPED: SegmentState(True, at(T0))}
-    assert "p1" not in world.tables.profiles
-    await world.run(world.q("p1", UNMAPPED, "exited", "2020-05-25T00:00:00Z"))  # stale
-    assert world.tables.states("p1") == {UNMAPPED: SegmentState(True, at(T0))}
-    await world.run(world.q("p1", UNMAPPED, "exited", T1))
-    assert world.tables.states("p1") == {UNMAPPED: SegmentState(False, at(T1))}
-    assert world.one == world.two == []
 
 
 async def test_time_is_written_in_utc_whole_seconds(world: World) -> None:
