@@ -101,17 +101,83 @@ async def test_an_empty_set_fetches_nothing(consumer: Any) -> None:
     assert asked == []
 
 
+class PartitionState:
+    def __init__(self, position: int) -> None:
+        self.has_valid_position = True
+        self.position = position
+
+
+class AioKafkaConsumer:
+    """What _seek_back reads of aiokafka's consumer, in its thread: positions."""
+
+    def __init__(self, positions: dict[TP, int]) -> None:
+        self.states = {tp: PartitionState(p) for tp, p in positions.items()}
+        self.sought: list[tuple[TP, int]] = []
+        assignment = type("A", (), {"tps": set(positions), "state_value": self.states.get})()
+        self._subscription = type("S", (), {"subscription": type("X", (), {})()})()
+        self._subscription.subscription.assignment = assignment
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
+        self.states[tp].position = offset
+
+
+class Thread:
+    def __init__(self, aiokafka: AioKafkaConsumer) -> None:
+        self.aiokafka = aiokafka
+
+    def _ensure_consumer(self) -> AioKafkaConsumer:
+        return self.aiokafka
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+
 async def test_records_of_a_partition_paused_during_the_fetch_are_not_delivered(
     consumer: Any,
 ) -> None:
-    """They must not reach the agent while their partition recovers; the seek at
-    the end of the recovery fetches them again (worker.faust.positions)."""
+    """They must not reach the agent while their partition recovers; their
+    partition goes back to where they began, so they are fetched again."""
     consumer._active_partitions = {IN, CHANGELOG}
+    consumer._thread = Thread(AioKafkaConsumer({IN: 2, CHANGELOG: 6}))
     prefetched = {IN: [record(IN, 0), record(IN, 1)], CHANGELOG: [record(CHANGELOG, 5)]}
     asked = thread_that_sees_recovery_pause(consumer, prefetched)
     delivered = [(tp, message.offset) async for tp, message in consumer.getmany(0.1)]
     assert asked == [{IN, CHANGELOG}]
     assert delivered == [(IN, 0), (IN, 1)]
+    assert consumer._thread.aiokafka.sought == [(CHANGELOG, 5)]
+
+
+async def test_records_that_come_back_after_the_flow_stopped_are_fetched_again(
+    consumer: Any,
+) -> None:
+    """A recovery sought a changelog partition to 0 and has not resumed the flow
+    yet when a fetch brings 0..2 back: Faust drops them; without the seek back
+    its recovery would wait forever for offsets aiokafka moved past."""
+    consumer._active_partitions = {CHANGELOG}
+    consumer._thread = Thread(AioKafkaConsumer({CHANGELOG: 3}))
+
+    async def getmany(active_partitions: Any, timeout: float) -> dict[TP, list[Any]]:  # noqa: ASYNC109
+        consumer.flow_active = False  # the rebalance stopped the flow meanwhile
+        return {CHANGELOG: [record(CHANGELOG, n) for n in range(3)]}
+
+    consumer._getmany = getmany
+    records, _ = await consumer._wait_next_records(0.1)
+    assert records == {}
+    assert consumer._thread.aiokafka.sought == [(CHANGELOG, 0)]
+
+
+async def test_a_partition_sought_meanwhile_is_left_where_it_was_put(consumer: Any) -> None:
+    consumer._active_partitions = {IN}
+    consumer._thread = Thread(AioKafkaConsumer({CHANGELOG: 40}))  # not where 5 left it
+
+    async def getmany(active_partitions: Any, timeout: float) -> dict[TP, list[Any]]:  # noqa: ASYNC109
+        return {CHANGELOG: [record(CHANGELOG, 5)]}
+
+    consumer._getmany = getmany
+    records, _ = await consumer._wait_next_records(0.1)
+    assert records == {}
+    assert consumer._thread.aiokafka.sought == []
 
 
 # -- offsets without a record -------------------------------------------------------------

@@ -11,10 +11,16 @@
    worker received nothing (with no committed offset there is nothing to seek
    back to), or lost records for good once later ones were committed.
    The fix hands the thread a frozen copy and fetches nothing when it is
-   empty. Records of a partition paused during the fetch are still dropped by
-   Faust's filter (they must not reach the agent during recovery); the
-   recovery's final seek (``recovery.py``) fetches them again, also where
-   nothing was committed.
+   empty. Records Faust's ``getmany`` would drop when they come back (the
+   partition paused during the fetch, or the flow stopped: they must not reach
+   the agent during a recovery) are taken out, and their partition is sought
+   back to the first of them unless something sought it meanwhile. Without
+   that, a changelog partition whose records came back while its recovery
+   was being set up (sought to 0, flow not yet resumed) lost them for good,
+   and the recovery waited forever for offsets aiokafka had moved past: the
+   likely cause of one scaling-test failure in 25 runs ("No event received
+   for active tp"), found by review, not reproduced since. Input partitions
+   were already put right by the recovery's final seek (``recovery.py``).
    Proved by tests/unit/test_faust_fetch.py and, end to end, by
    tests/integration/test_pipeline.py::test_killing_the_worker_loses_nothing.
 
@@ -169,9 +175,44 @@ async def _wait_next_records(self: Any, timeout: float) -> tuple[Any, Any]:  # n
             await self.sleep(0.1)
             return {}, active
         records = await self._getmany(active_partitions=fetch_for, timeout=timeout)
+        while records:
+            # Faust's getmany drops what it will not deliver; aiokafka has moved
+            # past it. Put those partitions back where the records began.
+            dropped = {
+                tp: (batch[0].offset, batch[-1].offset + 1)
+                for tp, batch in records.items()
+                if batch and not _deliverable(self, tp, active)
+            }
+            if not dropped:
+                break
+            await self._thread.call_thread(_seek_back, self._thread._ensure_consumer(), dropped)
+            records = {tp: batch for tp, batch in records.items() if tp not in dropped}
         return records, active
     finally:
         self.not_waiting_next_records.set()
+
+
+def _deliverable(consumer: Any, tp: Any, active: Any) -> bool:
+    """Whether Faust's ``Consumer.getmany`` (0.15.3) yields ``tp``'s records now."""
+    if not consumer.flow_active:
+        return False
+    return active is None or tp in active or tp in consumer._buffered_partitions
+
+
+async def _seek_back(consumer: Any, spans: dict[Any, tuple[int, int]]) -> None:
+    """In the consumer thread: each partition back to ``first`` if it is still
+    where the dropped records left it (``end``); a partition sought meanwhile
+    (a recovery, a rebalance) is left where it was put."""
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None:
+        return
+    for tp, (first, end) in spans.items():
+        if tp not in assignment.tps:
+            continue
+        state = assignment.state_value(tp)
+        if state.has_valid_position and state.position == end:
+            consumer.seek(tp, first)
 
 
 original_wait_next_records = faust_consumer.Consumer._wait_next_records
