@@ -13,4 +13,7 @@ async def test_the_worker_consumer_waits_at_most_100_ms_per_fetch() -> None:
     app = faust.App("t-fetchwait", broker="kafka://127.0.0.1:1", store="memory://")
     thread = app.consumer._thread  # type: ignore[attr-defined]
     consumer = thread._create_worker_consumer(app.transport)
-    assert consumer._fetch_max_wait_ms == fetchwait.FETCH_MAX_WAIT_MS == 100
+    try:
+        assert consumer._fetch_max_wait_ms == fetchwait.FETCH_MAX_WAIT_MS == 100
+    finally:
+        await consumer.stop()  # never started: closes its client
