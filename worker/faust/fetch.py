@@ -18,7 +18,7 @@
    that, a changelog partition whose records came back while its recovery
    was being set up (sought to 0, flow not yet resumed) lost them for good,
    and the recovery waited forever for offsets aiokafka had moved past: the
-   likely cause of one scaling-test failure in 25 runs ("No event received
+   likely cause of a scaling-test failure (docs/benchmarks.md; "No event received
    for active tp"), found by review, not reproduced since. Input partitions
    were already put right by the recovery's final seek (``recovery.py``).
    Proved by tests/unit/test_faust_fetch.py and, end to end, by

@@ -7,9 +7,8 @@ still have records buffered. When the worker is a little behind, the fetch it
 sends can hold only partitions with nothing new (the idle profile-update topic,
 say); the broker holds it for the whole wait, and no partition of that broker
 is fetched meanwhile. Under a steady live load the worker then ran in 1.5 s
-steps: p99 from send to Kinesis 1.6 s at half its maximum rate, against
-0.25 s once the wait is short (docs/benchmarks.md). An idle worker sends one
-empty fetch per 100 ms instead of per 1.5 s. Not reported upstream.
+steps (latency figures in docs/benchmarks.md). An idle worker sends one empty
+fetch per 100 ms instead of per 1.5 s. Not reported upstream.
 
 Proved by tests/unit/test_faust_fetchwait.py (the consumer is created with it);
 measured by bench/throughput.py's latency run.
