@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.harness import (
+    PIPELINE_DESTINATIONS,
     SEG_A,
     SEG_B,
     SEG_C,
@@ -639,24 +640,33 @@ def test_end_to_end_through_throttling_an_outage_and_dropped_connections(
 def test_a_record_kinesis_can_never_take_is_dead_lettered_and_the_worker_goes_on(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """An identity map of 1.2 MB makes a record over Kinesis's 1 MiB: it goes to the
-    dead-letter topic with reason record_too_large, cut to fit, and later events flow."""
-    big_topic = {"max.message.bytes": str(4 * 1024 * 1024)}
+    """A segment name of 1.1 MB (with "include segment names") makes a record over
+    Kinesis's 1 MiB while the profile's stored state stays small: it goes to the
+    dead-letter topic with reason record_too_large, cut to fit, and later events
+    flow. (An identity map that large is refused before, as state_too_large: the
+    qualification's identities are remembered in the profile table.)"""
+    seed = PIPELINE_DESTINATIONS["seed"]
+    huge_name = {
+        "seed": {
+            **seed,
+            "include_segment_names": True,
+            "segments": [{"id": SEG_A, "name": "n" * 1_100_000}, {"id": SEG_B}],
+        }
+    }
     with Deployment(
-        stack, unique("it-big"), tmp_path, partitions=1, shards=1, q_config=big_topic
+        stack, unique("it-big"), tmp_path, partitions=1, shards=1, destinations=huge_name
     ) as deployment:
         worker = deployment.worker()
         worker.start()
-        huge = {"ecid": [{"id": "ecid-big"}], "blob": [{"id": "x" * 1_200_000}]}
 
         async def send() -> None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=stack.kafka_bootstrap, max_request_size=4 * 1024 * 1024
-            )
+            producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
             await producer.start()
             try:
-                for profile, ids in (("p-big", huge), ("p-after", ecid("after"))):
-                    value = qualification(profile, SEG_A, "realized", "2021-12-01T00:00:00Z", ids)
+                for profile, segment in (("p-big", SEG_A), ("p-after", SEG_B)):
+                    value = qualification(
+                        profile, segment, "realized", "2021-12-01T00:00:00Z", ecid(profile[2:])
+                    )
                     await producer.send_and_wait(deployment.q_topic, value, key=profile.encode())
             finally:
                 await producer.stop()
