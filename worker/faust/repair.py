@@ -159,9 +159,9 @@ class Repairs(Service):
         seen = self._recovery_seen
         stuck = []
         for tp in behind:
-            first = seen.get(tp)
-            if first is None or first[0] != offsets.get(tp, -1):
-                seen[tp] = (offsets.get(tp, -1), now)
+            first, offset = seen.get(tp), offsets.get(tp, -1)
+            if first is None or first[0] != offset:
+                seen[tp] = (offset, now)
             elif now - first[1] >= STUCK_AFTER_S:
                 stuck.append(tp)
         self._recovery_seen = {tp: seen[tp] for tp in behind}

@@ -15,19 +15,21 @@ test).
 
 What is kept the same as Faust: the bytes (the table's serializers' codecs,
 which is what the changelog topic's ``prepare_key``/``prepare_value`` use for
-a str key and a dict value; tombstones as in ``Table.on_key_del``), the partition (the event's, as
-``Table.partition_for_key``), and the persisted offset RocksDB recovers from
-(``Table._on_changelog_sent``: ``set_persisted_offset`` with the last offset
-written). Skipped: Faust's table sensors and key TTLs (windowed tables only).
+a str key and a dict value; tombstones as in ``Table.on_key_del``), the
+partition (the event's, as ``Table.partition_for_key``), and the persisted
+offset RocksDB recovers from (``Table._on_changelog_sent``:
+``set_persisted_offset`` with the last offset written). Skipped: Faust's
+table sensors and key TTLs (windowed tables only).
 
 ``faust.streams._current_event``: Faust picks the RocksDB partition store from
 the current event and has no public way to choose it. Tables here are written
 after a whole batch, so each key is written in the scope of the last event that
 touched it: same profile id, same partition number.
 
-Proved by tests/integration/test_tables.py (the changelog holds what Faust's
-own writes hold and a new worker recovers it, memory and RocksDB) and
-tests/integration/test_pipeline.py::test_killing_the_worker_loses_nothing.
+Proved by tests/unit/test_faust_tables.py (the bytes and order of Faust's own
+writes, persisted offsets, resending from the first refusal) and, end to end,
+tests/integration/test_pipeline.py::test_killing_the_worker_loses_nothing and
+::test_restart_recovers_state (memory and RocksDB).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class FaustTables:
         """
         if not self._pending:
             return
-        sent: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
+        # (partition, first message, end, future) per record batch sent, in order
+        sent: list[tuple[TopicPartition, int, int, asyncio.Future[Any]]] = []
         failure: BaseException | None = None
         try:
             producer = self._producer._ensure_producer()  # AIOKafkaProducer
@@ -105,26 +108,27 @@ class FaustTables:
                             break  # full (the first message always fits)
                         end += 1
                     future = await producer.send_batch(batch, tp.topic, partition=tp.partition)
-                    sent.append((tp, end, future))
+                    sent.append((tp, start, end, future))
                     start = end
         except Exception as exc:  # what was sent is still awaited below
             failure = exc
         results = await asyncio.gather(*(future for *_, future in sent), return_exceptions=True)
-        acknowledged: dict[TopicPartition, int] = {}
-        start_of: dict[TopicPartition, int] = {}
-        for (tp, end, _), result in zip(sent, results, strict=True):
-            start, start_of[tp] = start_of.get(tp, 0), end
+        acknowledged: dict[TopicPartition, int] = {}  # messages done from the start
+        refused: set[TopicPartition] = set()  # nothing counts past a refusal
+        for (tp, start, end, _), result in zip(sent, results, strict=True):
+            if tp in refused:
+                continue
             if isinstance(result, BaseException):
                 failure = failure or result
-                acknowledged.setdefault(tp, start)  # not past the first refusal
-            elif tp not in acknowledged:
-                # The offset Faust's own send callback would persist for RocksDB:
-                # the last message's; the batch's offsets are consecutive.
-                table = self._pending[tp].table
-                table.data.set_persisted_offset(tp, result.offset + end - start - 1)
-        for tp, end in start_of.items():
+                refused.add(tp)
+                continue
+            acknowledged[tp] = end
+            # The offset Faust's own send callback would persist for RocksDB:
+            # the last message's; the batch's offsets are consecutive.
+            self._pending[tp].table.data.set_persisted_offset(tp, result.offset + end - start - 1)
+        for tp, end in acknowledged.items():
             changes = self._pending[tp]
-            del changes.messages[: acknowledged.get(tp, end)]
+            del changes.messages[:end]
             if not changes.messages:
                 del self._pending[tp]
         if failure is not None:
