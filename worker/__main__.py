@@ -1,4 +1,4 @@
-"""Command line: `python -m worker run|check --config FILE` (CONTRACT section 5)."""
+"""Command line: `python -m worker run|check|resend --config FILE` (CONTRACT section 5)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,30 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate the configuration and check every stream is writable"
     )
     check.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+
+    resend = commands.add_parser(
+        "resend",
+        help="ask the running workers to send a destination's current members again",
+    )
+    resend.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    resend.add_argument("--destination", required=True, help="the destination's name")
+    resend.add_argument(
+        "--segment",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only the members of this segment (repeatable; default: every mapped segment)",
+    )
+    resend.add_argument(
+        "--wait", action="store_true", help="return once every member was sent, not once taken"
+    )
+    resend.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long (exit 3); default 120 s, none with --wait",
+    )
     return parser
 
 
@@ -55,6 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # nothing but report lines.
             logs.setup(settings.runtime.log_level, logs.secret_values(settings), sys.stderr)
             return asyncio.run(check(settings))
+        if args.command == "resend":
+            from worker import logs
+            from worker.resend import resend
+
+            logs.setup(settings.runtime.log_level, logs.secret_values(settings), sys.stderr)
+            return asyncio.run(
+                resend(settings, args.destination, args.segment, args.wait, args.timeout)
+            )
         from worker.app import run
 
         return run(settings)

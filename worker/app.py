@@ -23,11 +23,13 @@ from mode import CrashingSupervisor, Service
 
 from worker import faust as faust_fixes
 from worker import logs, metrics
+from worker.backfill import Activations, Backfiller
 from worker.batching import BatchRunner
 from worker.budget import MemoryBudget
 from worker.faust.deadletters import DeadLetterTopic
 from worker.faust.monitor import LeanMonitor
 from worker.faust.repair import Repairs
+from worker.faust.state import owned_partitions
 from worker.faust.tables import FaustTables
 from worker.health import Health
 from worker.kafka_client import broker_credentials
@@ -70,9 +72,11 @@ class WorkerApp(faust.App):
     """
 
     shutdown_timeout_s: float | None = None
+    generation = 0  # rebalances begun: what backfill planned is for one generation
 
     def on_rebalance_start(self) -> None:
         metrics.REBALANCES.inc()
+        self.generation += 1
         super().on_rebalance_start()
 
     async def on_stop(self) -> None:
@@ -141,9 +145,12 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     # Tables are written a batch at a time; Faust's default (100 pending
     # changelog messages) would stall every batch in producer flushes.
     app.producer.buffer.max_messages = max(1000, 4 * runtime.batch_max_events)
+    # The control topic (worker.control) is the agent's third input: a command
+    # is taken in order with its partition's events and committed like them.
     inputs = app.topic(
         kafka.qualifications_topic,
         kafka.profiles_topic,
+        settings.control_topic,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -152,9 +159,14 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     )
     profiles = app.Table("profiles", partitions=layout.partitions, key_type=str)
     memberships = app.Table("memberships", partitions=layout.partitions, key_type=str)
+    activations_table = app.Table("activations", partitions=layout.partitions, key_type=str)
 
     metrics.start_series(
-        kafka.qualifications_topic, kafka.profiles_topic, settings.app_id, runtime.store
+        kafka.qualifications_topic,
+        kafka.profiles_topic,
+        settings.app_id,
+        runtime.store,
+        settings.control_topic,
     )
     destinations = []
     for destination in settings.destinations:
@@ -172,15 +184,22 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         )
         destinations.append(Destination(destination, writer))
     memory = MemoryBudget(runtime.max_buffer_bytes)
-    processor = BatchProcessor(
-        settings,
-        destinations,
-        FaustTables(profiles, memberships, app.producer),
-        DeadLetterTopic(app, kafka.dlq_topic),
-        memory,
-    )
+    tables = FaustTables(profiles, memberships, app.producer, activations_table)
+    dead_letters = DeadLetterTopic(app, kafka.dlq_topic)
+    activations = Activations(destinations, tables)
+    processor = BatchProcessor(settings, destinations, tables, dead_letters, memory, activations)
+
+    def assignment() -> tuple[int, frozenset[int]] | None:
+        owned = owned_partitions(app, kafka.qualifications_topic)
+        return None if owned is None else (app.generation, owned)
+
+    backfiller = Backfiller(destinations, activations, tables, dead_letters, assignment)
     runner = BatchRunner(
-        processor, runtime.batch_max_events, runtime.batch_linger_ms / 1000, memory
+        processor,
+        runtime.batch_max_events,
+        runtime.batch_linger_ms / 1000,
+        memory,
+        background=backfiller,
     )
     metrics.BATCH_STALLED.set_function(runner.stalled_s)
     app.shutdown_timeout_s = runtime.shutdown_timeout_s
@@ -193,7 +212,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         await runner.run(stream)
 
     writers = [d.writer for d in destinations]
-    input_topics = [kafka.qualifications_topic, kafka.profiles_topic]
+    input_topics = [kafka.qualifications_topic, kafka.profiles_topic, settings.control_topic]
     faust_fixes.fetch.SPANS.track(input_topics)
     sampler = StateSampler(app, {"profiles": profiles, "memberships": memberships}, input_topics)
     repairs = Repairs(app, input_topics, runner.activity, sampler.lag_total)

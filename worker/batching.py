@@ -27,6 +27,18 @@ from worker.vocabulary import DeadLetterReason
 log = logging.getLogger(__name__)
 
 
+class Background(Protocol):
+    """Work the loop does between batches (worker.backfill)."""
+
+    def due_in(self) -> float:
+        """Seconds until ``run`` is due (0: now)."""
+
+    async def run(self) -> None: ...
+
+    async def prepare(self) -> None:
+        """Runs before each batch."""
+
+
 class Processor(Protocol):
     async def process(self, messages: Sequence[InputMessage]) -> Any: ...
 
@@ -112,11 +124,22 @@ class EventBatches:
         metrics.BUFFERED_EVENTS.set(self.buffered_events)
         await self._queue.put((event, now))
 
-    async def next_batch(self) -> list[Any]:
-        """Waits for an event, then takes more until ``max_events`` or until the
-        first has waited ``linger_s`` since it was taken from the stream (it may
-        have waited already, behind the previous batch)."""
-        first, since = await self._queue.get()
+    async def next_batch(self, wait_s: float | None = None) -> list[Any]:
+        """Waits for an event (at most ``wait_s``: none is an empty batch), then
+        takes more until ``max_events`` or until the first has waited
+        ``linger_s`` since it was taken from the stream (it may have waited
+        already, behind the previous batch)."""
+        if not self._queue.empty():
+            first, since = self._queue.get_nowait()
+        elif wait_s is None:
+            first, since = await self._queue.get()
+        elif wait_s <= 0:
+            return []
+        else:
+            try:
+                first, since = await asyncio.wait_for(self._queue.get(), wait_s)
+            except TimeoutError:
+                return []
         batch = [first]
         loop = asyncio.get_running_loop()
         deadline = since + self._linger
@@ -144,8 +167,10 @@ class BatchRunner:
         linger_s: float,
         memory: MemoryBudget,
         backoff_max_s: float = 30.0,
+        background: Background | None = None,
     ) -> None:
         self._processor = processor
+        self._background = background
         self._batches = EventBatches(max_events, linger_s, memory)
         self._backoff_max_s = backoff_max_s
         self._last_done = 0.0
@@ -195,8 +220,18 @@ class BatchRunner:
             processing.cancel()
 
     async def _process(self, stream: Any) -> None:
+        background = self._background
         while True:
-            events = await self._batches.next_batch()
+            if background is None:
+                events = await self._batches.next_batch()
+            else:
+                # Between two batches, never during one: see worker.backfill.
+                if background.due_in() <= 0:
+                    await background.run()
+                events = await self._batches.next_batch(background.due_in())
+                if not events:
+                    continue
+                await background.prepare()
             messages = [
                 InputMessage(
                     e.message.topic,

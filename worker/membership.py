@@ -48,7 +48,7 @@ def apply_qualification(
     status: Status,
     qualification_time: datetime,
 ) -> Transition:
-    """Apply one qualification event (of a mapped segment) to a profile's memberships."""
+    """Apply one qualification event (of any segment, mapped or not) to a profile's memberships."""
     previous = memberships.get(segment_id)
     if previous is not None and qualification_time < previous.last_qualification_time:
         # Strictly older only: an equal time is a legitimate re-evaluation.

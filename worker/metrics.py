@@ -13,8 +13,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from worker import __version__
 from worker.kinesis import CallReport, TransportError, WriterObserver
 from worker.vocabulary import (
+    ControlOutcome,
     DeadLetterReason,
     ExportStatus,
+    JobKind,
     ProfileUpdateOutcome,
     QualificationOutcome,
 )
@@ -24,7 +26,7 @@ from worker.vocabulary import (
 EVENTS = Counter(
     "kd_events_total",
     "Input events fully handled, by topic and outcome (exported, duplicate, stale, "
-    "unmapped, not_member, no_export, deleted, dead_lettered)",
+    "unmapped, not_member, no_export, deleted, dead_lettered; taken for commands)",
     ["topic", "outcome"],
 )
 CONSUMER_LAG = Gauge(
@@ -86,8 +88,26 @@ DESTINATION_INFO = Gauge(
 )
 EXPORTS = Counter(
     "kd_exports_total",
-    "Records accepted by Kinesis, by destination and status (realized, existing, exited, updated)",
+    "Records accepted by Kinesis, by destination and status (realized, existing, exited, "
+    "updated, backfill, resend)",
     ["destination", "status"],
+)
+ACTIVATION_SENT = Counter(
+    "kd_activation_sent_records_total",
+    "Records of current members sent by backfill (a newly mapped segment) or re-send "
+    "(a request), by destination and kind",
+    ["destination", "kind"],
+)
+ACTIVATION_REMAINING = Gauge(
+    "kd_activation_remaining_records",
+    "Records of current members left to send in this worker's partitions, by destination "
+    "and kind (known once a partition's members are listed)",
+    ["destination", "kind"],
+)
+ACTIVATION_JOBS = Gauge(
+    "kd_activation_jobs",
+    "Backfill and re-send jobs pending in this worker's partitions (one per partition)",
+    ["destination", "kind"],
 )
 PUT_RECORDS = Counter(
     "kd_put_records_total",
@@ -192,6 +212,10 @@ class DeliveryMetrics(WriterObserver):
         # Label sets known at start exist from the first scrape, at 0.
         for status in ExportStatus:
             EXPORTS.labels(destination=destination, status=status)
+        for kind in JobKind:
+            ACTIVATION_SENT.labels(destination=destination, kind=kind)
+            ACTIVATION_REMAINING.labels(destination=destination, kind=kind).set(0)
+            ACTIVATION_JOBS.labels(destination=destination, kind=kind).set(0)
         RATE_LIMIT_WAIT.labels(destination=destination)
         STREAM_WRITABLE.labels(destination=destination).set(0)
         self._in_flight = IN_FLIGHT.labels(destination=destination)
@@ -248,10 +272,19 @@ class DeliveryMetrics(WriterObserver):
         self._pending.set(records)
 
 
-def start_series(qualifications_topic: str, profiles_topic: str, app_id: str, store: str) -> None:
+def start_series(
+    qualifications_topic: str,
+    profiles_topic: str,
+    app_id: str,
+    store: str,
+    control_topic: str | None = None,
+) -> None:
     """Creates the series known in advance, at 0, before the first scrape: a
     counter that appears at 1 has no increase() to alert on."""
     WORKER_INFO.labels(version=__version__, app_id=app_id, store=store).set(1)
+    if control_topic is not None:
+        for command in ControlOutcome:
+            EVENTS.labels(topic=control_topic, outcome=command)
     for outcome in QualificationOutcome:
         EVENTS.labels(topic=qualifications_topic, outcome=outcome)
     for update in ProfileUpdateOutcome:

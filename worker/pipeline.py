@@ -26,6 +26,7 @@ import orjson
 
 from worker import deadletters, metrics
 from worker.budget import MemoryBudget
+from worker.control import parse_command
 from worker.deadletters import DeadLetter
 from worker.events import BadEvent, ProfileUpdate, Qualification, parse_profile_update
 from worker.events import parse_qualification as parse_qualification_event
@@ -38,14 +39,15 @@ from worker.membership import (
     memberships_to_json,
 )
 from worker.settings import DestinationSettings, Settings
-from worker.vocabulary import DeadLetterReason as Reason
 from worker.vocabulary import (
+    ControlOutcome,
     EventOutcome,
     ExportStatus,
     ProfileUpdateOutcome,
     QualificationOutcome,
     Status,
 )
+from worker.vocabulary import DeadLetterReason as Reason
 from worker.xdm import deep_merge, same_value, selected_values_differ
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,14 @@ class StateTables(Protocol):
 
     async def flush(self) -> None:
         """Returns once every write so far is durable."""
+
+
+class Requests(Protocol):
+    """Where control commands go (worker.backfill.Activations)."""
+
+    def request(
+        self, destination: int, partition: int, job_id: str, segments: frozenset[str]
+    ) -> None: ...
 
 
 class DeadLetterSink(Protocol):
@@ -182,8 +192,12 @@ class BatchProcessor:
         tables: StateTables,
         dead_letters: DeadLetterSink,
         memory: MemoryBudget | None = None,
+        activations: Requests | None = None,
     ) -> None:
         self._destinations = list(destinations)
+        self._destination_index = {d.name: i for i, d in enumerate(self._destinations)}
+        self._activations = activations
+        self._control_topic = settings.control_topic
         self._tables = tables
         self._dead_letters = dead_letters
         self._memory = memory or MemoryBudget(settings.runtime.max_buffer_bytes)
@@ -220,6 +234,8 @@ class BatchProcessor:
         metrics.EVENTS.labels(topic=message.topic, outcome=self._dead_lettered(message)).inc()
 
     def _dead_lettered(self, message: InputMessage) -> EventOutcome:
+        if message.topic == self._control_topic:
+            return ControlOutcome.DEAD_LETTERED
         if message.topic == self._profiles_topic:
             return ProfileUpdateOutcome.DEAD_LETTERED
         return QualificationOutcome.DEAD_LETTERED
@@ -330,6 +346,8 @@ class BatchProcessor:
         return found
 
     def _handle(self, message: InputMessage, batch: _Batch) -> EventOutcome:
+        if message.topic == self._control_topic:
+            return self._command(message)
         if message.topic == self._profiles_topic:
             update = parse_profile_update(message.key, message.value)
             if update is None:
@@ -337,14 +355,39 @@ class BatchProcessor:
             return self._update(update, message, batch)
         return self._qualify(parse_qualification_event(message.key, message.value), message, batch)
 
+    def _command(self, message: InputMessage) -> ControlOutcome:
+        """A request from the control topic, queued for this message's partition;
+        it is taken (committed) with the batch, and run between batches."""
+        command = parse_command(message.key, message.value)
+        index = self._destination_index.get(command.destination)
+        if index is None:
+            raise BadEvent(
+                Reason.UNKNOWN_DESTINATION,
+                f"no destination named {command.destination!r} in this worker's configuration",
+            )
+        mapped = self._destinations[index].format.segment_ids
+        segments = mapped if command.segments is None else command.segments
+        if not segments <= mapped:
+            raise BadEvent(
+                Reason.UNMAPPED_SEGMENT,
+                f"destination {command.destination!r} does not map {sorted(segments - mapped)}",
+            )
+        if self._activations is None:
+            raise RuntimeError("control commands need the activations")
+        self._activations.request(index, message.partition, command.id, segments)
+        return ControlOutcome.TAKEN
+
     def _qualify(
         self,
         event: Qualification,
         message: InputMessage,
         batch: _Batch,
     ) -> QualificationOutcome:
-        if event.segment_id not in self._mapped:
-            return QualificationOutcome.UNMAPPED
+        # Memberships of unmapped segments are kept too, with the same rules, so
+        # that mapping a segment later knows its members (worker.backfill); only
+        # mapped segments are exported, and only they set remembered identities
+        # (contract section 1).
+        mapped = event.segment_id in self._mapped
         profile = self._profile(event.profile_id, message, batch)
         transition = apply_qualification(
             profile.memberships, event.segment_id, event.status, event.qualification_time
@@ -353,6 +396,8 @@ class BatchProcessor:
             profile.memberships = transition.memberships
             profile.memberships_dirty = True
             profile.deleted = False  # a deleted profile can qualify again in the same batch
+        if not mapped:
+            return QualificationOutcome.UNMAPPED
         if (
             transition.outcome != QualificationOutcome.STALE
             and event.identity_map

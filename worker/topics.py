@@ -2,7 +2,8 @@
 
 Run by ``python -m worker run`` and ``check`` alike, with a plain aiokafka
 admin client: the input topics must exist and be co-partitioned; the
-dead-letter topic and the tables' changelog topics are created when missing.
+dead-letter topic, the control topic and the tables' changelog topics are
+created when missing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from worker.settings import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 # The Faust tables, whose changelog topics are "<app_id>-<table>-changelog".
-TABLES = ("profiles", "memberships")
+TABLES = ("profiles", "memberships", "activations")
+# Commands are short-lived: an old one read by a new app_id must not run again.
+CONTROL_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,31 @@ async def _check_topics(settings: Settings, admin: AIOKafkaAdminClient) -> Topic
     if kafka.dlq_topic not in existing:
         await admin.create_topics([NewTopic(kafka.dlq_topic, q, kafka.replication_factor)])
         log.info("created dead-letter topic %s", kafka.dlq_topic)
+    await _ensure_control_topic(admin, settings, q, existing)
     await _ensure_changelogs(admin, settings, q, existing)
     return TopicLayout(partitions=q)
+
+
+async def _ensure_control_topic(
+    admin: Any, settings: Settings, partitions: int, existing: Any
+) -> None:
+    """The control topic (worker.control), co-partitioned with the inputs."""
+    topic = settings.control_topic
+    key = "kafka.control_topic" if settings.kafka.control_topic else "app_id"
+    if topic not in existing:
+        config = {"retention.ms": str(CONTROL_RETENTION_MS)}
+        await admin.create_topics(
+            [NewTopic(topic, partitions, settings.kafka.replication_factor, topic_configs=config)]
+        )
+        log.info("created control topic %s", topic)
+        return
+    (entry,) = await admin.describe_topics([topic])
+    if len(entry["partitions"]) != partitions:
+        raise ConfigError(
+            f"{key}: the control topic {topic!r} has {len(entry['partitions'])} partitions "
+            f"but the input topics have {partitions}; it must have as many (delete it and "
+            "the worker creates it again)"
+        )
 
 
 async def _ensure_changelogs(

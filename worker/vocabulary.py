@@ -29,6 +29,22 @@ class ExportStatus(StrEnum):
     EXISTING = "existing"
     EXITED = "exited"
     UPDATED = "updated"
+    BACKFILL = "backfill"  # a current member, sent when its segment became mapped
+    RESEND = "resend"  # a current member, sent again on request
+
+
+class JobKind(StrEnum):
+    """Why current members are sent: a newly mapped segment, or a request."""
+
+    BACKFILL = "backfill"
+    RESEND = "resend"
+
+
+class ControlOutcome(StrEnum):
+    """What became of a command read from the control topic."""
+
+    TAKEN = "taken"
+    DEAD_LETTERED = "dead_lettered"
 
 
 class QualificationOutcome(StrEnum):
@@ -51,7 +67,7 @@ class ProfileUpdateOutcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
-EventOutcome = QualificationOutcome | ProfileUpdateOutcome
+EventOutcome = QualificationOutcome | ProfileUpdateOutcome | ControlOutcome
 
 
 class DeadLetterReason(StrEnum):
@@ -68,6 +84,9 @@ class DeadLetterReason(StrEnum):
     INVALID_FIELD = "invalid_field"
     INVALID_STATUS = "invalid_status"
     INVALID_TIME = "invalid_time"
+    # commands (worker.control) naming what this worker does not have
+    UNKNOWN_DESTINATION = "unknown_destination"
+    UNMAPPED_SEGMENT = "unmapped_segment"
     # events whose result cannot be stored or sent
     UNENCODABLE = "unencodable"
     STATE_TOO_LARGE = "state_too_large"

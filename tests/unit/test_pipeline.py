@@ -359,13 +359,29 @@ async def test_an_event_at_the_same_time_is_applied(world: World) -> None:
     assert [ups(r)[SEG_A]["status"] for r, _ in world.one] == ["realized"]
 
 
-async def test_unmapped_segment_is_ignored_and_counted(world: World) -> None:
+async def test_unmapped_segment_is_kept_counted_and_never_exported(world: World) -> None:
     report = await world.run(world.q("p1", UNMAPPED, "realized", T0, ECID_MAP))
     assert world.one == world.two == []
     assert report.outcomes == {"unmapped": 1}
     assert report.dead_letters == 0
-    assert world.tables.writes == []
+    # Its membership is kept (a later mapping backfills it), its identities are
+    # not remembered: only mapped segments' events set them (contract section 1).
+    assert world.tables.states("p1") == {UNMAPPED: SegmentState(True, at(T0))}
+    assert "p1" not in world.tables.profiles
     assert world.dead_letters.sent == []
+    # Same rules as a mapped segment: an older event is stale, stored state unchanged.
+    report = await world.run(world.q("p1", UNMAPPED, "exited", "2020-01-01T00:00:00Z"))
+    assert report.outcomes == {"unmapped": 1}
+    assert world.tables.states("p1") == {UNMAPPED: SegmentState(True, at(T0))}
+    # A member of an unmapped segment only: an attribute change exports nothing,
+    # and a mapped segment's record never lists the unmapped one.
+    await world.run(world.update("p1", ANA, EMAIL_MAP))
+    assert world.one == world.two == []
+    await world.run(world.q("p1", SEG_A, "realized", T1))
+    assert [ups(r) for r, _ in world.one] == [{SEG_A: entry(T1, "realized", name="Segment A")}]
+    # A tombstone forgets it with the rest.
+    await world.run(world.tombstone("p1"))
+    assert "p1" not in world.tables.memberships
 
 
 async def test_time_is_written_in_utc_whole_seconds(world: World) -> None:

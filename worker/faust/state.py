@@ -24,3 +24,13 @@ def table_size(table: Any) -> int:
     if dbs is not None:
         return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in dbs())
     return len(store)
+
+
+def owned_partitions(app: Any, topic: str) -> frozenset[int] | None:
+    """The partitions of ``topic`` this worker owns as active, once their tables
+    are recovered; None while a rebalance or a recovery is under way (tables of
+    a newly owned partition are incomplete until then)."""
+    if app.rebalancing or not app.tables.recovery.completed.is_set():
+        return None
+    actives = app.assignor.assigned_actives()
+    return frozenset(tp.partition for tp in actives if tp.topic == topic)

@@ -64,14 +64,36 @@ class _Changes:
     messages: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
 
 
-class FaustTables:
-    """The pipeline's StateTables on two Faust tables keyed by profile id."""
+class PartitionScope:
+    """An event stand-in naming only a partition: what tables need to be read and
+    written outside of any event (worker.backfill, between batches)."""
 
-    def __init__(self, profiles: Any, memberships: Any, producer: Any) -> None:
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, partition: int) -> None:
+        self.message = _PartitionOnly(partition)
+
+
+@dataclass(frozen=True, slots=True)
+class _PartitionOnly:
+    partition: int
+
+
+class FaustTables:
+    """The pipeline's StateTables on two Faust tables keyed by profile id, and
+    the activations table keyed "<partition>/<destination>" (worker.backfill)."""
+
+    def __init__(
+        self, profiles: Any, memberships: Any, producer: Any, activations: Any = None
+    ) -> None:
         self.profiles = profiles
         self.memberships = memberships
+        self.activations = activations
         self._producer = producer  # Faust's Producer; its aiokafka producer once started
         self._pending: dict[TopicPartition, _Changes] = {}
+        # The partition of each profile id written here: the memory store knows
+        # only those it recovered (Store._key_partition).
+        self._partition_of: dict[str, int] = {}
         # What Faust's Registry.dumps_key/dumps_value come down to for a str key
         # and a dict value with the table's serializers: the codecs' dumps.
         self._codecs = {
@@ -80,7 +102,8 @@ class FaustTables:
                 codecs.get_codec(table.key_serializer).dumps,
                 codecs.get_codec(table.value_serializer).dumps,
             )
-            for table in (profiles, memberships)
+            for table in (profiles, memberships, activations)
+            if table is not None
         }
 
     async def flush(self) -> None:
@@ -144,11 +167,43 @@ class FaustTables:
             value: dict[str, Any] | None = self.memberships.data.get(profile_id)
             return value
 
+    def member_ids(self, partition: int) -> list[str]:
+        """The profile ids the memberships table holds in ``partition`` (any order)."""
+        store = self.memberships.data
+        dbs = getattr(store, "_dbs", None)
+        if dbs is not None:  # RocksDB: one database per partition
+            db = dbs.get(partition)
+            if db is None:
+                return []
+            return [store._decode_key(key) for key in store._visible_keys(db)]
+        held = store.data  # the memory store's dict
+        found = {k for k, p in store._key_partition.items() if p == partition and k in held}
+        found.update(k for k, p in self._partition_of.items() if p == partition and k in held)
+        return list(found)
+
+    @staticmethod
+    def scope(partition: int) -> PartitionScope:
+        return PartitionScope(partition)
+
+    def get_activation(self, destination: str, partition: int) -> dict[str, Any] | None:
+        with event_scope(PartitionScope(partition)):
+            value: dict[str, Any] | None = self.activations.data.get(f"{partition}/{destination}")
+            return value
+
+    def put_activation(
+        self, destination: str, value: dict[str, Any] | None, partition: int
+    ) -> None:
+        self._put(self.activations, f"{partition}/{destination}", value, PartitionScope(partition))
+
     def put_profile(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
         self._put(self.profiles, profile_id, value, scope)
 
     def put_memberships(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
         self._put(self.memberships, profile_id, value, scope)
+        if value is None:
+            self._partition_of.pop(profile_id, None)
+        else:
+            self._partition_of[profile_id] = scope.message.partition
 
     def _put(self, table: Any, key: str, value: dict[str, Any] | None, scope: Any) -> None:
         """What ``table[key] = value`` (``table.pop(key, None)`` for None) does,

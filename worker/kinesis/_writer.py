@@ -177,6 +177,11 @@ class KinesisWriter:
     async def close(self) -> None:
         await self._transport.close()
 
+    @property
+    def shard_count(self) -> int | None:
+        """The stream's open shards as last listed; None before the first listing."""
+        return None if self._shards is None else len(self._shards)
+
     def check(self, record: Record) -> Outcome | None:
         """The reason Kinesis would never accept this record, or None."""
         key = record.partition_key

@@ -73,6 +73,12 @@ class DestinationSettings(Strict):
     partition_key_namespaces: list[str] = Field(default_factory=list)
     segments: list[SegmentSettings] = Field(min_length=1)
     attributes: list[str] = Field(default_factory=list)
+    # Send the current members of a segment when it becomes mapped here (and of
+    # every segment, for a new destination): docs/operations.md, "Backfill".
+    backfill: bool = True
+    # The share of each shard's records/s limit that backfill and re-send may
+    # use, so that live records keep flowing.
+    backfill_share: float = Field(default=0.5, gt=0, le=1)
     # Write limits per shard (provisioned streams: 1,000 records/s, 1 MiB/s);
     # 0 turns a limit off, e.g. for on-demand streams.
     shard_records_per_s: int = Field(default=1000, ge=0)
@@ -156,6 +162,9 @@ class KafkaSettings(Strict):
     qualifications_topic: str = Field(default="segment-qualifications", validate_default=True)
     profiles_topic: str = Field(default="profile-updates", validate_default=True)
     dlq_topic: str = Field(default="kinesis-destination-dlq", validate_default=True)
+    # Where `resend` sends its requests to the workers; "<app_id>-control" when
+    # unset. Created by the worker with the input topics' partition count.
+    control_topic: str | None = None
     # Replicas of the topics the worker creates (dead letters, table changelogs);
     # 1 suits a single local broker, production clusters want 3.
     replication_factor: int = Field(default=1, ge=1, le=32)
@@ -215,6 +224,21 @@ class KafkaSettings(Strict):
                     f"{value!r} and kafka.{other} ({theirs!r}) collide: Kafka treats '.' "
                     "and '_' in topic names alike and refuses the second one"
                 )
+        return value
+
+    @field_validator("control_topic")
+    @classmethod
+    def _control_topic_is_legal(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if value in (".", "..") or not KAFKA_TOPIC.fullmatch(value):
+            raise invalid(
+                "a Kafka topic name is 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
+            )
+        for other in _TOPIC_KEYS:
+            theirs = info.data.get(other)
+            if theirs is not None and theirs.replace(".", "_") == value.replace(".", "_"):
+                raise invalid(f"the same topic as kafka.{other}; the control topic is its own")
         return value
 
     @field_validator("security_protocol", "sasl_mechanism", mode="before")
@@ -360,6 +384,22 @@ class Settings(Strict):
         if len(set(names)) != len(names):
             raise ValueError("destination names must be distinct")
         return value
+
+    @property
+    def control_topic(self) -> str:
+        """The control topic's name (kafka.control_topic, else "<app_id>-control")."""
+        return self.kafka.control_topic or f"{self.app_id}-control"
+
+    @model_validator(mode="after")
+    def _control_topic_is_its_own(self) -> Self:
+        kafka = self.kafka
+        for key in _TOPIC_KEYS:
+            if getattr(kafka, key).replace(".", "_") == self.control_topic.replace(".", "_"):
+                raise invalid(
+                    f"app_id: the control topic it names, {self.control_topic!r}, is "
+                    f"kafka.{key}; set kafka.control_topic to a topic of its own"
+                )
+        return self
 
     def mapped_segments(self) -> frozenset[str]:
         return frozenset(s.id for d in self.destinations for s in d.segments)
