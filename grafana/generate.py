@@ -493,7 +493,8 @@ OVERVIEW = Dashboard(
                 ),
                 Panel(
                     "Dead letters by reason",
-                    "Input events written to the dead-letter topic per second, by reason",
+                    "Dead letters written per second, by reason: input events that cannot be "
+                    "processed, and records Kinesis refused for good",
                     [
                         Target(
                             f"sum by (reason) ({rate(w('kd_dead_letters_total'))})",
@@ -720,6 +721,53 @@ DELIVERY = Dashboard(
                     [Target(f"sum by (instance) ({w('kd_buffered_bytes')})", "{{instance}}")],
                     unit="bytes",
                     width=6,
+                ),
+            ],
+        ),
+        Row(
+            "Backfill and re-send",
+            [
+                Panel(
+                    "Members left to send",
+                    "Records of current members that backfill (a newly mapped segment) and "
+                    "re-send (a request) have left to send, by destination and kind; known "
+                    "once each partition's members are listed",
+                    [
+                        Target(
+                            f"sum by (destination, kind) ({d('kd_activation_remaining_records')})",
+                            "{{destination}} {{kind}}",
+                        )
+                    ],
+                    width=8,
+                ),
+                Panel(
+                    "Members sent",
+                    "Records of current members sent per second, by destination and kind; "
+                    "paced to destinations[].backfill_share of the stream's write limit",
+                    [
+                        Target(
+                            f"sum by (destination, kind) "
+                            f"({rate(d('kd_activation_sent_records_total'))})",
+                            "{{destination}} {{kind}}",
+                        )
+                    ],
+                    width=8,
+                ),
+                Panel(
+                    "Time left",
+                    "Records left divided by the current sending rate, by destination "
+                    "and kind",
+                    [
+                        Target(
+                            f"sum by (destination, kind) "
+                            f"({d('kd_activation_remaining_records')}) / sum by "
+                            f"(destination, kind) "
+                            f"({rate(d('kd_activation_sent_records_total'))})",
+                            "{{destination}} {{kind}}",
+                        )
+                    ],
+                    unit="s",
+                    width=8,
                 ),
             ],
         ),

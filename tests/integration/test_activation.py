@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.admin import NewTopic
 
 from tests.integration.harness import (
     SEG_A,
@@ -27,7 +28,7 @@ from tests.integration.harness import (
     unique,
     ups,
 )
-from tests.support import Stack, StreamReader, qualification
+from tests.support import Stack, StreamReader, admin_call, qualification, run_sync
 
 PROFILES = 1000
 T0 = "2021-06-01T00:00:00Z"
@@ -233,3 +234,19 @@ def test_resend_refuses_what_the_configuration_does_not_have(stack: Stack, tmp_p
         result, _ = cli("resend", "--config", str(config), "--destination", "Resend")
         assert result.returncode == 1
         assert "control topic" in result.stdout
+
+
+def test_a_control_topic_of_another_partition_count_stops_the_worker(
+    stack: Stack, tmp_path: Path
+) -> None:
+    with Deployment(
+        stack, unique("it-control"), tmp_path, partitions=3, destinations=one_stream("C", [SEG_A])
+    ) as deployment:
+        topic = NewTopic(f"{deployment.name}-control", 2, 1)
+        run_sync(admin_call(stack.kafka_bootstrap, lambda admin: admin.create_topics([topic])))
+        worker = deployment.worker()
+        worker.start(wait_ready=False)
+        assert worker.process is not None
+        assert worker.process.wait(60) == 2
+        assert "app_id: the control topic" in worker.log()
+        assert "has 2 partitions but the input topics have 3" in worker.log()

@@ -233,3 +233,65 @@ async def test_a_batch_lingers_from_its_first_event_s_arrival() -> None:
     await asyncio.sleep(0.3)  # the previous batch was being processed meanwhile
     batch = await asyncio.wait_for(batches.next_batch(), 0.2)
     assert [e.message.offset for e in batch] == [0]
+
+
+async def test_next_batch_waits_at_most_what_it_is_given() -> None:
+    batches = EventBatches(10, 0.001, MemoryBudget(1 << 20))
+    assert await asyncio.wait_for(batches.next_batch(0.05), 1) == []
+    assert await batches.next_batch(0) == []
+    await batches.put(Event(7, 10))
+    # Queued events are taken even with no time to wait.
+    assert [e.message.offset for e in await batches.next_batch(0)] == [7]
+
+
+async def test_background_work_runs_between_batches_never_during_one() -> None:
+    """worker.backfill's slices: due ones run before the next batch, and a batch
+    is prepared (a new assignment planned) before it is processed."""
+    trace: list[str] = []
+
+    class Processor(FakeProcessor):
+        async def process(self, messages: Sequence[InputMessage]) -> None:
+            trace.append(f"batch {[m.offset for m in messages]}")
+            await asyncio.sleep(0.02)
+            trace.append("batch done")
+
+    class Background:
+        def __init__(self) -> None:
+            self.runs = 0
+
+        def due_in(self) -> float:
+            return 0.0 if self.runs < 3 else 1.0
+
+        async def run(self) -> None:
+            self.runs += 1
+            trace.append("slice")
+
+        async def prepare(self) -> None:
+            trace.append("prepare")
+
+    class Stream:
+        def noack(self) -> Stream:
+            return self
+
+        async def events(self):  # type: ignore[no-untyped-def]
+            for offset in range(2):
+                yield Event(offset, 10)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(3600)
+
+        async def ack(self, event: object) -> None:
+            trace.append("ack")
+
+    background = Background()
+    run = BatchRunner(Processor(), 10, 0.001, MemoryBudget(1 << 20), background=background)
+    task = asyncio.ensure_future(run.run(Stream()))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert background.runs == 3
+    # Nothing between "batch" and "batch done"; each batch prepared first.
+    for index, step in enumerate(trace):
+        if step.startswith("batch ["):
+            assert trace[index - 1] == "prepare"
+            assert trace[index + 1] == "batch done"

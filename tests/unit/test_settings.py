@@ -851,6 +851,25 @@ def test_spaces_around_bootstrap_server_commas_are_dropped(tmp_path: Path) -> No
         pytest.param({"dlq_topic": "."}, "kafka.dlq_topic", "'.'", id="dot"),
         pytest.param({"dlq_topic": ".."}, "kafka.dlq_topic", "'..'", id="dot-dot"),
         pytest.param({"dlq_topic": "x" * 250}, "kafka.dlq_topic", "1-249", id="too-long"),
+        pytest.param(
+            {"control_topic": "profile-updates"},
+            "kafka.control_topic",
+            "kafka.profiles_topic",
+            id="control-is-profiles",
+        ),
+        pytest.param(
+            {"control_topic": "kinesis-destination-dlq"},
+            "kafka.control_topic",
+            "kafka.dlq_topic",
+            id="control-is-dlq",
+        ),
+        pytest.param({"control_topic": "a b"}, "kafka.control_topic", "a-z", id="control-space"),
+        pytest.param(
+            {"qualifications_topic": "kinesis-destination-control"},
+            "(top level)",
+            "app_id: the control topic",
+            id="default-control-is-qualifications",
+        ),
     ],
 )
 def test_bad_topics_are_refused_naming_the_key(
@@ -1026,3 +1045,24 @@ def test_commands_stop_on_a_trap_with_exit_code_2(tmp_path: Path, command: str, 
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"{key}: " in result.stderr
+
+
+def test_control_topic_defaults_to_the_app_id(tmp_path: Path) -> None:
+    settings = load_settings(config_file(tmp_path), environ={})
+    assert settings.control_topic == "kinesis-destination-control"
+    path = config_file(tmp_path, kafka={"control_topic": "commands"})
+    assert load_settings(path, environ={}).control_topic == "commands"
+
+
+@pytest.mark.parametrize("share", [0, -0.1, 1.01, "half"])
+def test_backfill_share_is_a_share(tmp_path: Path, share: Any) -> None:
+    message = load_error(
+        write_config(tmp_path, {"destinations": [minimal_destination(backfill_share=share)]})
+    )
+    assert "destinations.0.backfill_share: " in message
+
+
+def test_backfill_is_on_by_default_at_half_the_write_limit(tmp_path: Path) -> None:
+    (destination,) = load_settings(config_file(tmp_path), environ={}).destinations
+    assert destination.backfill is True
+    assert destination.backfill_share == 0.5
