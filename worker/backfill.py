@@ -204,7 +204,8 @@ class Backfiller:
         self._clock = clock
         self._generation: int | None = None
         self._partitions: frozenset[int] = frozenset()
-        self._passes: dict[tuple[int, int], _Pass] = {}
+        # (destination, partition, job id): the members each job has left to send
+        self._passes: dict[tuple[int, int, str], _Pass] = {}
         self._paces = [_Pace() for _ in self._destinations]
         self._retry_at = 0.0
         self._failures = 0
@@ -322,12 +323,16 @@ class Backfiller:
         self._report(now)
 
     async def _plan(self, generation: int, partitions: frozenset[int]) -> None:
-        """Plans each owned partition and lists the members its first job sends."""
+        """Plans each owned partition and lists the members of each of its jobs:
+        a backfill sends the members of the moment its mapping is seen, even when
+        it is queued behind another job."""
         self._activations.forget()
         self._passes.clear()
         self._generation, self._partitions = generation, partitions
         for index in range(len(self._destinations)):
             for partition in sorted(partitions):
+                for job in self._activations.get(index, partition).jobs:
+                    self._pass(index, partition, job)
                 self._next_job(index, partition)
         await self._tables.flush()
 
@@ -337,7 +342,7 @@ class Backfiller:
         if self._rate(index) is not None:
             budget = max(1, min(budget, int(self._paces[index].tokens)))
         used = 0
-        taken: list[tuple[int, Job, str, int]] = []  # partition, job, last id, records
+        taken: list[tuple[int, Job, str]] = []  # partition, job, last id taken
         records: list[tuple[Record, bytes, int, Job]] = []
         letters: list[DeadLetter] = []
         for partition in sorted(self._partitions):
@@ -348,7 +353,6 @@ class Backfiller:
                 continue
             work = self._pass(index, partition, job)
             scope = self._tables.scope(partition)
-            count = 0
             last = ""
             while work.left and used < budget:
                 last = work.left.pop()
@@ -360,31 +364,31 @@ class Backfiller:
                     continue
                 if record is not None:
                     records.append((record, last.encode(), partition, job))
-                    count += 1
-            taken.append((partition, job, last, count))
+            taken.append((partition, job, last))
+        accepted: Counter[int] = Counter()  # by partition
         if records:
             outcomes = await destination.writer.put_all([r for r, *_ in records])
-            accepted: Counter[JobKind] = Counter()
             for (record, key, partition, job), outcome in zip(records, outcomes, strict=True):
                 if outcome.accepted:
-                    accepted[job.kind] += 1
+                    accepted[partition] += 1
                 else:
                     letters.append(_rejected(record, key, job, partition, destination, outcome))
-            for kind, count in accepted.items():
-                metrics.EXPORTS.labels(destination=destination.name, status=kind).inc(count)
         for letter in letters:
             await self._dead_letters.send(letter.key, letter.value)
             metrics.DEAD_LETTERS.labels(reason=letter.reason).inc()
         # Only now that every record is accepted or dead-lettered do the cursors move.
-        for partition, job, last, count in taken:
+        for partition, job, last in taken:
             activation = self._activations.get(index, partition)
-            work = self._passes[index, partition]
+            work = self._passes[index, partition, job.id]
+            count = accepted[partition]
             moved = replace(job, cursor=last, sent=job.sent + count, total=work.total)
             if work.left:
                 self._activations.put(index, partition, activation.with_job(moved))
             else:
                 self._finish(index, partition, activation, moved)
-            metrics.ACTIVATION_SENT.labels(destination=destination.name, kind=job.kind).inc(count)
+            labels = {"destination": destination.name}
+            metrics.ACTIVATION_SENT.labels(**labels, kind=job.kind).inc(count)
+            metrics.EXPORTS.labels(**labels, status=job.kind).inc(count)
         self._paces[index].tokens -= used
         await self._tables.flush()
 
@@ -402,7 +406,7 @@ class Backfiller:
     def _finish(self, index: int, partition: int, activation: Activation, job: Job) -> Activation:
         finished = activation.finish(job)
         self._activations.put(index, partition, finished)
-        self._passes.pop((index, partition), None)
+        self._passes.pop((index, partition, job.id), None)
         log.info(
             "%s %s to %s done in partition %d: %d records",
             job.kind.value,
@@ -415,8 +419,8 @@ class Backfiller:
 
     def _pass(self, index: int, partition: int, job: Job) -> _Pass:
         """The members of ``job``'s segments after its cursor, scanned once."""
-        work = self._passes.get((index, partition))
-        if work is not None and work.job_id == job.id:
+        work = self._passes.get((index, partition, job.id))
+        if work is not None:
             return work
         scope = self._tables.scope(partition)
         members = []
@@ -434,7 +438,8 @@ class Backfiller:
             if any(held[s].member for s in job.segments if s in held):
                 members.append(profile_id)
         members.sort(reverse=True)
-        work = self._passes[index, partition] = _Pass(job.id, members, job.sent + len(members))
+        work = _Pass(job.id, members, job.sent + len(members))
+        self._passes[index, partition, job.id] = work
         return work
 
     def _record(
@@ -456,17 +461,20 @@ class Backfiller:
     # -- progress --------------------------------------------------------------------
 
     def progress(self) -> dict[tuple[int, JobKind], tuple[int, int, int]]:
-        """(jobs, records sent, records in total) per destination and kind, over the
-        partitions this worker owns; a job not yet scanned counts its sent only."""
+        """(jobs, members done, members in total) per destination and kind, over the
+        partitions this worker owns. A member is done once sent, dead-lettered or
+        skipped (it left the segments); a job not yet listed counts what it sent."""
         found: dict[tuple[int, JobKind], tuple[int, int, int]] = {}
         for index in range(len(self._destinations)):
             for partition in self._partitions:
                 for job in self._activations.get(index, partition).jobs:
-                    work = self._passes.get((index, partition))
-                    total = work.total if work is not None and work.job_id == job.id else job.total
-                    jobs, sent, known = found.get((index, job.kind), (0, 0, 0))
-                    known += total or job.sent
-                    found[index, job.kind] = (jobs + 1, sent + job.sent, known)
+                    work = self._passes.get((index, partition, job.id))
+                    if work is None:
+                        done, total = job.sent, job.total or job.sent
+                    else:
+                        done, total = work.total - len(work.left), work.total
+                    jobs, done_before, total_before = found.get((index, job.kind), (0, 0, 0))
+                    found[index, job.kind] = (jobs + 1, done_before + done, total_before + total)
         return found
 
     def _report(self, now: float) -> None:
@@ -483,11 +491,13 @@ class Backfiller:
         elapsed = now - state.at if state.at else 0.0
         for (index, kind), (jobs, sent, total) in sorted(progress.items()):
             before = state.reported.get((index, kind))
-            rate = (sent - before) / elapsed if before is not None and elapsed > 0 else 0.0
+            rate = (
+                max(0.0, (sent - before) / elapsed) if before is not None and elapsed > 0 else 0.0
+            )
             left = total - sent
             eta = f"about {left / rate:.0f}s left" if rate > 0 else "time left unknown yet"
             log.info(
-                "%s to %s: %d/%d records (%d%%), %.0f/s, %s, %d partition(s) to go",
+                "%s to %s: %d/%d members (%d%%), %.0f/s, %s, %d job(s) in this worker's partitions",
                 kind.value,
                 self._destinations[index].name,
                 sent,

@@ -190,3 +190,41 @@ async def test_a_failure_before_sending_keeps_everything() -> None:
     tables._producer = producer
     await tables.flush()
     assert [k for _, _, m in producer.sent for k, _ in m] == [b'"p-1"']
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+async def test_member_ids_lists_a_partition_s_profiles(store: str, tmp_path: Any) -> None:
+    """What worker.backfill walks: written here, recovered from the changelog
+    (memory), deleted; per partition, never another partition's."""
+    app = faust.App("t-members", broker="kafka://127.0.0.1:1", store=store, datadir=str(tmp_path))
+    profiles = app.Table("profiles", partitions=PARTITIONS, key_type=str)
+    memberships = app.Table("memberships", partitions=PARTITIONS, key_type=str)
+    tables = FaustTables(profiles, memberships, Producer())
+    for key, partition in [("a", 0), ("b", 1), ("c", 1), ("d", 1)]:
+        tables.put_memberships(key, {"s": [True, 0]}, event(partition))
+    tables.put_memberships("d", None, event(1))
+    if store == "memory://":
+        # Recovered from the changelog: the memory store records the partition itself.
+        memberships.data.data["r"] = {"s": [True, 0]}
+        memberships.data._key_partition["r"] = 1
+        memberships.data._key_partition["gone"] = 1  # deleted since: not held
+    expected = {"b", "c", "r"} if store == "memory://" else {"b", "c"}
+    assert set(tables.member_ids(1)) == expected
+    assert tables.member_ids(0) == ["a"]
+    assert tables.member_ids(3) == []
+
+
+async def test_activations_are_keyed_by_partition_and_destination() -> None:
+    app, profiles, memberships = app_and_tables()
+    activations = app.Table("activations", partitions=PARTITIONS, key_type=str)
+    producer = Producer()
+    tables = FaustTables(profiles, memberships, producer, activations)
+    tables.put_activation("Dest/One", {"active": ["s"]}, 2)
+    tables.put_activation("Dest/One", {"active": ["t"]}, 3)
+    assert tables.get_activation("Dest/One", 2) == {"active": ["s"]}
+    assert tables.get_activation("Dest/One", 3) == {"active": ["t"]}
+    assert tables.get_activation("Dest/One", 0) is None
+    await tables.flush()
+    [(topic, partition, [(key, _)]), (_, other, _)] = sorted(producer.sent)[:2]
+    assert (topic, partition, key) == ("t-tables-activations-changelog", 2, b'"2/Dest/One"')
+    assert other == 3

@@ -94,6 +94,7 @@ class FaustTables:
         # The partition of each profile id written here: the memory store knows
         # only those it recovered (Store._key_partition).
         self._partition_of: dict[str, int] = {}
+        self._index_partitions = not hasattr(memberships.data, "_dbs")  # RocksDB has its own
         # What Faust's Registry.dumps_key/dumps_value come down to for a str key
         # and a dict value with the table's serializers: the codecs' dumps.
         self._codecs = {
@@ -200,10 +201,11 @@ class FaustTables:
 
     def put_memberships(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
         self._put(self.memberships, profile_id, value, scope)
-        if value is None:
-            self._partition_of.pop(profile_id, None)
-        else:
-            self._partition_of[profile_id] = scope.message.partition
+        if self._index_partitions:
+            if value is None:
+                self._partition_of.pop(profile_id, None)
+            else:
+                self._partition_of[profile_id] = scope.message.partition
 
     def _put(self, table: Any, key: str, value: dict[str, Any] | None, scope: Any) -> None:
         """What ``table[key] = value`` (``table.pop(key, None)`` for None) does,

@@ -1,0 +1,966 @@
+"""Backfill and re-send (worker.backfill) end to end with fakes.
+
+Real ``RecordFormat`` and ``KinesisWriter`` objects put into the fake
+transports of test_pipeline; the tables are its dict-backed fake, extended
+with the activations and the members by partition; the clock is injected, so
+pacing and backoff are deterministic.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support import qualification
+from tests.unit.test_pipeline import (
+    ANA,
+    B_TIMESTAMPS,
+    ECID,
+    ECID_MAP,
+    EMAIL,
+    EMAIL_MAP,
+    FULL_MAP,
+    QUALIFICATIONS,
+    SEG_A,
+    SEG_B,
+    SEG_C,
+    T0,
+    T1,
+    T2,
+    UNMAPPED,
+    FakeDeadLetters,
+    FakeTables,
+    FakeTransport,
+    at,
+    entry,
+    ups,
+)
+from worker.activation import Activation, Job, activation_from_json, activation_to_json
+from worker.backfill import Activations, ActivationTables, Backfiller
+from worker.control import encode_resend
+from worker.kinesis import KinesisWriter, WriterConfig
+from worker.membership import SegmentState, memberships_to_json
+from worker.pipeline import BatchProcessor, DeadLetterSink, Destination, InputMessage, Requests
+from worker.settings import Settings
+from worker.vocabulary import JobKind
+
+ONE, TWO = "Dest One", "Dest Two"
+NAMES = {SEG_A: "Segment A", SEG_B: "Segment B", SEG_C: "Segment C"}
+B_SETTINGS = {
+    "created_at": 1590000000000,
+    "updated_at": 1590000001000,
+    "mapping_created_at": 1590000002000,
+    "mapping_updated_at": 1590000003000,
+}
+START = 1000.0  # the fake clock's start: any value, exactly representable steps below
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def config(
+    one: Sequence[str] = (SEG_A, SEG_B),
+    two: Sequence[str] = (),
+    *,
+    limit: int = 0,
+    share: float = 0.5,
+    backfill: bool = True,
+) -> Settings:
+    """Destination one as in test_pipeline (names on, ecid then email keys); destination
+    two (timestamps on, email keys) only when it maps segments. ``limit`` is each
+    destination's shard_records_per_s (0: backfill is not paced)."""
+    destinations: list[dict[str, Any]] = [
+        {
+            "name": ONE,
+            "stream": "stream-one",
+            "region": "us-east-1",
+            "include_segment_names": True,
+            "partition_key_namespaces": ["ecid", "email_lc_sha256"],
+            "segments": [{"id": s, "name": NAMES.get(s)} for s in one],
+            "attributes": ["person.name.lastName", "personalEmail.address"],
+            "backfill": backfill,
+            "backfill_share": share,
+            "shard_records_per_s": limit,
+        }
+    ]
+    if two:
+        destinations.append(
+            {
+                "name": TWO,
+                "stream": "stream-two",
+                "region": "eu-west-1",
+                "include_segment_timestamps": True,
+                "partition_key_namespaces": ["email_lc_sha256"],
+                "segments": [{"id": s, **(B_SETTINGS if s == SEG_B else {})} for s in two],
+                "attributes": ["loyalty.tier"],
+                "backfill": backfill,
+                "backfill_share": share,
+                "shard_records_per_s": limit,
+            }
+        )
+    return Settings.model_validate(
+        {
+            "kafka": {"qualifications_topic": QUALIFICATIONS, "profiles_topic": "profile-updates"},
+            "destinations": destinations,
+        }
+    )
+
+
+# -- fakes ----------------------------------------------------------------------------------
+
+
+class Tables(FakeTables):
+    """test_pipeline's tables plus what backfill needs: the partition of each
+    profile (the scope of a message here is its partition number), the members
+    of a partition, and the activations table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partition_of: dict[str, int] = {}
+        self.activations: dict[tuple[str, int], dict[str, Any]] = {}
+        # (destination, partition, value, flushes before the write)
+        self.activation_writes: list[tuple[str, int, dict[str, Any] | None, int]] = []
+
+    def member_ids(self, partition: int) -> list[str]:
+        # Any order, as the real tables: here the reverse of the ids' order.
+        return sorted(
+            (p for p in self.memberships if self.partition_of.get(p, 0) == partition),
+            reverse=True,
+        )
+
+    def _check_scope(self, profile_id: str, scope: Any) -> None:
+        if profile_id in self.partition_of:
+            assert scope == self.partition_of[profile_id], (profile_id, scope)
+
+    def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
+        self._check_scope(profile_id, scope)
+        return super().get_profile(profile_id, scope)
+
+    def get_memberships(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
+        self._check_scope(profile_id, scope)
+        return super().get_memberships(profile_id, scope)
+
+    def put_memberships(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
+        assert isinstance(scope, int)
+        self.partition_of[profile_id] = scope
+        super().put_memberships(profile_id, value, scope)
+
+    def scope(self, partition: int) -> Any:
+        return partition
+
+    def get_activation(self, destination: str, partition: int) -> dict[str, Any] | None:
+        stored = self.activations.get((destination, partition))
+        return copy.deepcopy(stored)
+
+    def put_activation(
+        self, destination: str, value: dict[str, Any] | None, partition: int
+    ) -> None:
+        self.activation_writes.append((destination, partition, copy.deepcopy(value), self.flushes))
+        if value is None:
+            self.activations.pop((destination, partition), None)
+        else:
+            self.activations[destination, partition] = copy.deepcopy(value)
+
+    # -- seeding and reading, for the tests
+
+    def seed(
+        self,
+        profile_id: str,
+        states: Mapping[str, tuple[bool, str]],
+        *,
+        partition: int = 0,
+        profile: dict[str, Any] | None = None,
+    ) -> None:
+        self.memberships[profile_id] = memberships_to_json(
+            {s: SegmentState(member, at(time)) for s, (member, time) in states.items()}
+        )
+        self.partition_of[profile_id] = partition
+        if profile is not None:
+            self.profiles[profile_id] = profile
+
+    def store(self, destination: str, partition: int, activation: Activation) -> None:
+        self.activations[destination, partition] = activation_to_json(activation)
+
+    def stored(self, destination: str = ONE, partition: int = 0) -> Activation:
+        return activation_from_json(self.activations[destination, partition])
+
+
+class ShardedTransport(FakeTransport):
+    """A stream of two open shards covering the hash key space."""
+
+    async def list_shards(self, stream: str) -> list[dict[str, Any]]:
+        half = 2**127
+        return [
+            {
+                "ShardId": "shardId-000000000000",
+                "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": str(half - 1)},
+                "SequenceNumberRange": {"StartingSequenceNumber": "1"},
+            },
+            {
+                "ShardId": "shardId-000000000001",
+                "HashKeyRange": {"StartingHashKey": str(half), "EndingHashKey": str(2**128 - 1)},
+                "SequenceNumberRange": {"StartingSequenceNumber": "2"},
+            },
+        ]
+
+
+class Clock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _typed(
+    tables: Tables, letters: FakeDeadLetters, activations: Activations
+) -> tuple[ActivationTables, DeadLetterSink, Requests]:
+    return tables, letters, activations  # mypy checks the fakes against the protocols
+
+
+class Rig:
+    """One worker's backfill: its destinations, tables, clock and assignment."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tables: Tables | None = None,
+        *,
+        partitions: Iterable[int] = (0,),
+        transports: Sequence[FakeTransport] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = Clock()
+        self.tables = tables if tables is not None else Tables()
+        self.dead_letters = FakeDeadLetters(self.tables)
+        self.transports = (
+            list(transports)
+            if transports is not None
+            else [FakeTransport() for _ in settings.destinations]
+        )
+        writer_config = WriterConfig(backoff_base_s=0.0, backoff_max_s=0.0, fatal_retry_s=0.0)
+        self.writers = [
+            KinesisWriter(d.stream, t, writer_config)
+            for d, t in zip(settings.destinations, self.transports, strict=True)
+        ]
+        self.destinations = [
+            Destination(d, w) for d, w in zip(settings.destinations, self.writers, strict=True)
+        ]
+        self.activations = Activations(self.destinations, self.tables, clock=self.clock)
+        tables_, letters, requests = _typed(self.tables, self.dead_letters, self.activations)
+        self.generation = 1
+        self.partitions = frozenset(partitions)
+        self.rebalancing = False
+        self.backfiller = Backfiller(
+            self.destinations, self.activations, tables_, letters, self.assignment, self.clock
+        )
+        self.processor = BatchProcessor(
+            settings, self.destinations, self.tables, letters, activations=requests
+        )
+        self.offset = 0
+
+    def assignment(self) -> tuple[int, frozenset[int]] | None:
+        return None if self.rebalancing else (self.generation, self.partitions)
+
+    def records(self, index: int = 0) -> list[tuple[dict[str, Any], str]]:
+        return self.transports[index].records()
+
+    def keys(self, index: int = 0) -> list[str]:
+        """The profile ids sent, where the records are keyed by profile id."""
+        return [key for _, key in self.records(index)]
+
+    def clear(self) -> None:
+        for transport in self.transports:
+            transport.calls.clear()
+        self.dead_letters.sent.clear()
+
+    async def batch(self, *messages: tuple[str, bytes | None, bytes | None, int]) -> None:
+        """Live events through the pipeline, as the batch loop would run them."""
+        inputs = []
+        for topic, key, value, partition in messages:
+            self.offset += 1
+            inputs.append(InputMessage(topic, partition, self.offset, key, value, partition))
+        await self.processor.process(inputs)
+
+
+def q(
+    profile: str,
+    segment: str,
+    status: str,
+    time: str,
+    identity_map: dict[str, Any] | None = None,
+    partition: int = 0,
+) -> tuple[str, bytes | None, bytes | None, int]:
+    value = qualification(profile, segment, status, time, identity_map)
+    return QUALIFICATIONS, profile.encode(), value, partition
+
+
+def members(tables: Tables, count: int, *segments: str, partition: int = 0) -> list[str]:
+    """``count`` members of ``segments`` without identities (keyed by their id)."""
+    ids = [f"p{partition}-{n:04d}" for n in range(1, count + 1)]
+    for profile_id in ids:
+        tables.seed(profile_id, {s: (True, T0) for s in segments}, partition=partition)
+    return ids
+
+
+def unordered(records: list[tuple[dict[str, Any], str]]) -> list[tuple[dict[str, Any], str]]:
+    return sorted(
+        records, key=lambda r: orjson.dumps(r[0], option=orjson.OPT_SORT_KEYS) + r[1].encode()
+    )
+
+
+def existing(time: str, segment: str) -> dict[str, Any]:
+    return entry(time, "existing", name=NAMES[segment])
+
+
+# -- a destination never seen -----------------------------------------------------------------
+
+
+async def test_a_new_destination_sends_each_member_once_as_existing() -> None:
+    tables = Tables()
+    # Members of both destinations' segments, with identities in the profile table.
+    tables.seed(
+        "p1",
+        {SEG_A: (True, T0), SEG_B: (True, T1), UNMAPPED: (True, T2)},
+        profile={"attributes": ANA, "identityMap": FULL_MAP},
+    )
+    # Remembered identities only: the records carry them.
+    tables.seed(
+        "p2",
+        {SEG_B: (True, T2)},
+        profile={"attributes": {}, "identityMap": None, "rememberedIdentityMap": EMAIL_MAP},
+    )
+    # No longer a member of A; a member of an unmapped segment only.
+    tables.seed("p3", {SEG_A: (False, T1), UNMAPPED: (True, T0)})
+    tables.seed("p4", {UNMAPPED: (True, T0)})
+    # A member without a profile: no identities, keyed by its id.
+    tables.seed("p5", {SEG_A: (True, T0)})
+    # An empty identity map in the profile table: the remembered ones serve.
+    tables.seed(
+        "p6",
+        {SEG_A: (True, T1)},
+        profile={"attributes": {}, "identityMap": {}, "rememberedIdentityMap": ECID_MAP},
+    )
+    tables.seed("p7", {SEG_C: (True, T1)}, profile={"attributes": {"loyalty": {"tier": "x"}}})
+    rig = Rig(config((SEG_A, SEG_B), (SEG_B, SEG_C)), tables)
+    assert rig.backfiller.due_in() == 0.0  # a generation not planned yet
+    await rig.backfiller.run()
+
+    assert rig.records(0) == [
+        (
+            {
+                "person": {"name": {"lastName": "Silva"}},
+                "personalEmail": {"address": "ana@example.com"},
+                "segmentMembership": {
+                    "ups": {SEG_A: existing(T0, SEG_A), SEG_B: existing(T1, SEG_B)}
+                },
+                "identityMap": FULL_MAP,
+            },
+            ECID,
+        ),
+        (
+            {"segmentMembership": {"ups": {SEG_B: existing(T2, SEG_B)}}, "identityMap": EMAIL_MAP},
+            EMAIL,
+        ),
+        ({"segmentMembership": {"ups": {SEG_A: existing(T0, SEG_A)}}, "identityMap": {}}, "p5"),
+        (
+            {"segmentMembership": {"ups": {SEG_A: existing(T1, SEG_A)}}, "identityMap": ECID_MAP},
+            ECID,
+        ),
+    ]
+    # p1 and p2 share a partition key there: the writer sends them in two calls.
+    assert unordered(rig.records(1)) == unordered(
+        [
+            (
+                {
+                    "loyalty": {"tier": "gold"},
+                    "segmentMembership": {"ups": {SEG_B: entry(T1, "existing", **B_TIMESTAMPS)}},
+                    "identityMap": FULL_MAP,
+                },
+                EMAIL,
+            ),
+            (
+                {
+                    "segmentMembership": {"ups": {SEG_B: entry(T2, "existing", **B_TIMESTAMPS)}},
+                    "identityMap": EMAIL_MAP,
+                },
+                EMAIL,
+            ),
+            (
+                {
+                    "loyalty": {"tier": "x"},
+                    "segmentMembership": {"ups": {SEG_C: entry(T1, "existing")}},
+                    "identityMap": {},
+                },
+                "p7",
+            ),
+        ]
+    )
+    assert rig.dead_letters.sent == []
+    for name, mapped, sent in ((ONE, {SEG_A, SEG_B}, 4), (TWO, {SEG_B, SEG_C}, 3)):
+        stored = tables.stored(name)
+        assert stored.active == mapped
+        assert stored.since == START
+        assert stored.jobs == ()
+        [(job_id, done)] = stored.done
+        assert job_id.startswith("backfill-")
+        assert done == sent
+    # Written, then made durable.
+    assert tables.flushes >= 1
+    assert tables.activation_writes[-1][3] < tables.flushes
+    # Nothing left: nothing sent again.
+    rig.clear()
+    assert rig.backfiller.due_in() == 1.0
+    await rig.backfiller.run()
+    assert rig.records(0) == rig.records(1) == []
+    assert rig.backfiller.progress() == {}
+
+
+async def test_a_restart_does_not_backfill_again() -> None:
+    tables = Tables()
+    members(tables, 3, SEG_A)
+    first = Rig(config((SEG_A, SEG_B)), tables)
+    await first.backfiller.run()
+    assert len(first.records()) == 3
+    second = Rig(config((SEG_A, SEG_B)), tables)
+    await second.backfiller.run()
+    assert second.records() == []
+    assert tables.stored().done == first.tables.stored().done
+
+
+async def test_backfill_off_records_the_mapping_without_sending() -> None:
+    tables = Tables()
+    members(tables, 3, SEG_A)
+    rig = Rig(config((SEG_A, SEG_B), backfill=False), tables)
+    await rig.backfiller.run()
+    assert rig.records() == []
+    assert tables.stored() == Activation(frozenset({SEG_A, SEG_B}), START)
+
+
+async def test_a_new_destination_without_members_finishes_its_job_at_once() -> None:
+    rig = Rig(config((SEG_A,)))
+    await rig.backfiller.run()
+    stored = rig.tables.stored()
+    assert stored.jobs == ()
+    [(_, sent)] = stored.done
+    assert sent == 0
+    assert rig.records() == []
+
+
+# -- configuration changes ----------------------------------------------------------------------
+
+
+async def test_an_activation_already_active_sends_nothing() -> None:
+    tables = Tables()
+    members(tables, 3, SEG_A, SEG_B)
+    tables.store(ONE, 0, Activation(frozenset({SEG_A, SEG_B}), 1.0, done=(("old", 3),)))
+    rig = Rig(config((SEG_A, SEG_B)), tables)
+    await rig.backfiller.run()
+    assert rig.records() == []
+    assert tables.stored() == Activation(frozenset({SEG_A, SEG_B}), 1.0, done=(("old", 3),))
+    assert tables.activation_writes == []  # nothing to change, nothing written
+
+
+async def test_a_newly_mapped_segment_sends_only_its_members_with_their_other_segments() -> None:
+    tables = Tables()
+    tables.seed("p1", {SEG_A: (True, T0)})  # not in C
+    tables.seed("p2", {SEG_A: (True, T0), SEG_C: (True, T1)})  # in A and C
+    tables.seed("p3", {SEG_C: (True, T2), UNMAPPED: (True, T0)})  # in C only
+    tables.seed("p4", {SEG_B: (True, T0), SEG_C: (False, T1)})  # left C
+    tables.store(ONE, 0, Activation(frozenset({SEG_A, SEG_B}), 1.0))
+    rig = Rig(config((SEG_A, SEG_B, SEG_C)), tables)
+    await rig.backfiller.run()
+    assert rig.records() == [
+        (
+            {
+                "segmentMembership": {
+                    "ups": {SEG_A: existing(T0, SEG_A), SEG_C: existing(T1, SEG_C)}
+                },
+                "identityMap": {},
+            },
+            "p2",
+        ),
+        ({"segmentMembership": {"ups": {SEG_C: existing(T2, SEG_C)}}, "identityMap": {}}, "p3"),
+    ]
+    stored = tables.stored()
+    assert stored.active == {SEG_A, SEG_B, SEG_C}
+    assert stored.since == START
+    assert stored.jobs == ()
+    [(job_id, sent)] = stored.done
+    assert job_id.startswith("backfill-")
+    assert sent == 2
+
+
+async def test_a_removed_segment_sends_nothing() -> None:
+    tables = Tables()
+    members(tables, 3, SEG_A, SEG_B)
+    tables.store(ONE, 0, Activation(frozenset({SEG_A, SEG_B}), 1.0))
+    rig = Rig(config((SEG_A,)), tables)
+    await rig.backfiller.run()
+    assert rig.records() == []
+    assert tables.stored() == Activation(frozenset({SEG_A}), START)
+
+
+async def test_a_removed_segment_drops_its_pending_job() -> None:
+    tables = Tables()
+    members(tables, 3, SEG_A, SEG_B)
+    job = Job("backfill-b", JobKind.BACKFILL, frozenset({SEG_B}), 1.0, cursor="p0-0001", sent=1)
+    tables.store(ONE, 0, Activation(frozenset({SEG_A, SEG_B}), 1.0, (job,)))
+    rig = Rig(config((SEG_A,)), tables)
+    await rig.backfiller.run()
+    assert rig.records() == []
+    assert tables.stored() == Activation(frozenset({SEG_A}), START, done=(("backfill-b", 1),))
+
+
+# -- resuming, and the cursor -----------------------------------------------------------------
+
+
+async def test_a_stored_job_resumes_after_its_cursor() -> None:
+    tables = Tables()
+    ids = members(tables, 5, SEG_A)
+    job = Job("backfill-old", JobKind.BACKFILL, frozenset({SEG_A}), 1.0, cursor=ids[1], sent=2)
+    tables.store(ONE, 0, Activation(frozenset({SEG_A, SEG_B}), 1.0, (job,)))
+    rig = Rig(config((SEG_A, SEG_B)), tables)
+    await rig.backfiller.run()
+    assert rig.keys() == ids[2:]
+    stored = tables.stored()
+    assert stored.jobs == ()
+    assert stored.done == (("backfill-old", 5),)
+
+
+async def test_slices_store_the_cursor_and_total_between_them() -> None:
+    tables = Tables()
+    ids = members(tables, 25, SEG_A)
+    # 100 records/s per shard, half of it, one shard: 50/s, slices of 10.
+    rig = Rig(config((SEG_A,), limit=100), tables)
+    await rig.backfiller.run()  # planned; the bucket starts empty
+    assert rig.records() == []
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:10]
+    [job] = tables.stored().jobs
+    assert (job.cursor, job.sent, job.total) == (ids[9], 10, 25)
+    # A new worker (or a restart) takes it from there.
+    other = Rig(config((SEG_A,), limit=100), tables)
+    await other.backfiller.run()
+    other.clock.advance(0.25)
+    await other.backfiller.run()
+    assert other.keys() == ids[10:20]
+    [job] = tables.stored().jobs
+    assert (job.cursor, job.sent, job.total) == (ids[19], 20, 25)
+
+
+def failing_transport(transport: FakeTransport) -> list[int]:
+    """Makes ``transport`` fail like a reset connection; returns the calls it refused."""
+    refused: list[int] = []
+
+    def fail() -> None:
+        refused.append(1)
+        raise OSError(104, "Connection reset by peer")
+
+    transport.on_call = fail
+    return refused
+
+
+async def test_the_cursor_moves_only_once_the_records_were_accepted() -> None:
+    tables = Tables()
+    ids = members(tables, 15, SEG_A)
+    rig = Rig(config((SEG_A,), limit=100), tables)  # slices of 10
+    await rig.backfiller.run()
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:10]
+    [job] = tables.stored().jobs
+    assert (job.cursor, job.sent) == (ids[9], 10)
+
+    refused = failing_transport(rig.transports[0])
+    rig.clock.advance(0.25)
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()  # does not raise
+    assert refused
+    assert rig.keys() == ids[:10]
+    [job] = tables.stored().jobs
+    assert (job.cursor, job.sent) == (ids[9], 10)  # not moved
+    assert rig.dead_letters.sent == []  # an outage, never the records' fault
+    # Backing off: not due until then.
+    wait = rig.backfiller.due_in()
+    assert 0.0 < wait <= 1.0
+
+    rig.transports[0].on_call = None
+    rig.clock.advance(wait)
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    assert rig.keys() == ids  # the rest, once each
+    stored = tables.stored()
+    assert stored.jobs == ()
+    assert [sent for _, sent in stored.done] == [15]
+
+
+async def test_an_outage_on_the_first_slice_sends_everything_later() -> None:
+    tables = Tables()
+    ids = members(tables, 3, SEG_A)
+    rig = Rig(config((SEG_A,)), tables)
+    failing_transport(rig.transports[0])
+    await rig.backfiller.run()
+    assert rig.records() == []
+    [job] = tables.stored().jobs  # planned and stored, nothing sent
+    assert (job.cursor, job.sent) == (None, 0)
+    rig.transports[0].on_call = None
+    rig.clock.advance(31.0)  # beyond any backoff
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    assert rig.keys() == ids
+    assert tables.stored().jobs == ()
+
+
+async def test_a_failed_slice_backs_off_longer_each_time() -> None:
+    tables = Tables()
+    members(tables, 3, SEG_A)
+    rig = Rig(config((SEG_A,)), tables)
+    failing_transport(rig.transports[0])
+    await rig.backfiller.run()
+    first = rig.backfiller.due_in()
+    rig.clock.advance(first)
+    await rig.backfiller.run()
+    second = rig.backfiller.due_in()  # at most 1: the loop looks again then
+    assert 0.0 < first <= second <= 1.0
+    rig.clock.advance(second)
+    assert rig.backfiller.due_in() > 0.0  # the second backoff is longer than the first
+
+
+# -- pacing -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("transport", "size"), [(FakeTransport, 10), (ShardedTransport, 20)])
+async def test_slices_are_paced_to_the_backfill_share_of_the_shards(
+    transport: type[FakeTransport], size: int
+) -> None:
+    tables = Tables()
+    ids = members(tables, 50, SEG_A)
+    rig = Rig(config((SEG_A,), limit=100, share=0.5), tables, transports=[transport()])
+    await rig.writers[0].start()
+    # 0.5 * 100 records/s * shards; a slice is 0.2 s of that.
+    rate = 0.5 * 100 * (size // 10)
+    assert rig.writers[0].shard_count == (None if size == 10 else 2)
+
+    await rig.backfiller.run()  # plans; the bucket starts empty
+    assert rig.records() == []
+    assert rig.backfiller.due_in() == pytest.approx(size / rate)  # 0.2 s
+    rig.clock.advance(0.125)
+    assert rig.backfiller.due_in() == pytest.approx((size - 0.125 * rate) / rate)
+    await rig.backfiller.run()  # not due: nothing
+    assert rig.records() == []
+    rig.clock.advance(0.125)
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:size]
+    assert len(rig.transports[0].calls) == 1
+
+    # The bucket is empty again: the next slice is 0.2 s away, however long
+    # the pause was before (it holds one slice at most).
+    assert rig.backfiller.due_in() == pytest.approx(0.2)
+    rig.clock.advance(0.0625)
+    assert rig.backfiller.due_in() == pytest.approx(0.2 - 0.0625)
+    rig.clock.advance(10.0)
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    assert rig.keys() == ids[: 2 * size]
+    await rig.backfiller.run()  # at once: nothing
+    assert rig.keys() == ids[: 2 * size]
+    while len(rig.keys()) < len(ids):
+        rig.clock.advance(0.25)
+        await rig.backfiller.run()
+    assert [len(call) for call in rig.transports[0].calls] == [
+        min(size, 50 - n) for n in range(0, 50, size)
+    ]
+    assert rig.keys() == ids
+    assert [sent for _, sent in tables.stored().done] == [50]
+
+
+async def test_slices_hold_at_most_500_records() -> None:
+    tables = Tables()
+    ids = members(tables, 1200, SEG_A)
+    # Unpaced (no records/s limit): every call is due at once.
+    rig = Rig(config((SEG_A,), limit=0), tables)
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:500]
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:1000]
+    await rig.backfiller.run()
+    assert rig.keys() == ids
+    # A high limit: 0.2 s of it is more than 500, still 500 a slice.
+    tables = Tables()
+    ids = members(tables, 600, SEG_A)
+    rig = Rig(config((SEG_A,), limit=10_000, share=1.0), tables)
+    await rig.backfiller.run()
+    assert rig.backfiller.due_in() == pytest.approx(500 / 10_000)
+    rig.clock.advance(1.0)
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:500]
+
+
+async def test_nothing_is_due_during_a_rebalance() -> None:
+    tables = Tables()
+    members(tables, 3, SEG_A)
+    rig = Rig(config((SEG_A,)), tables)
+    rig.rebalancing = True
+    assert rig.backfiller.due_in() == 1.0
+    await rig.backfiller.run()
+    await rig.backfiller.prepare()
+    assert rig.records() == []
+    assert tables.activations == {}
+    rig.rebalancing = False
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    assert len(rig.records()) == 3
+
+
+# -- re-send ----------------------------------------------------------------------------------
+
+
+async def test_a_resend_sends_every_current_member_once_more() -> None:
+    tables = Tables()
+    tables.seed("p1", {SEG_A: (True, T0), SEG_B: (True, T1)}, profile={"identityMap": ECID_MAP})
+    tables.seed("p2", {SEG_B: (True, T1)})
+    tables.seed("p3", {SEG_A: (True, T2)})
+    tables.seed("p4", {SEG_A: (False, T2), UNMAPPED: (True, T0)})
+    rig = Rig(config((SEG_A, SEG_B)), tables)
+    await rig.backfiller.run()  # the backfill of the new destination
+    backfill = rig.records()
+    assert [key for _, key in backfill] == [ECID, "p2", "p3"]
+    rig.clear()
+
+    rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))
+    rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))  # read again: taken once
+    [job] = tables.stored().jobs
+    assert (job.id, job.kind, job.segments) == ("resend-1", JobKind.RESEND, frozenset({SEG_A}))
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    # The members of A, with every mapped segment they are in: as the backfill's.
+    assert rig.records() == [backfill[0], backfill[2]]
+    assert tables.stored().jobs == ()
+    assert tables.stored().done[-1] == ("resend-1", 2)
+
+    # Finished, then read again (a command replayed): not run twice.
+    rig.clear()
+    rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))
+    await rig.backfiller.run()
+    assert rig.records() == []
+    # Another request, of every segment.
+    rig.activations.request(0, 0, "resend-2", frozenset({SEG_A, SEG_B}))
+    await rig.backfiller.run()
+    assert rig.records() == backfill
+    assert tables.stored().done[-1] == ("resend-2", 3)
+
+
+async def test_a_resend_skips_a_profile_who_left_after_the_listing() -> None:
+    tables = Tables()
+    ids = members(tables, 4, SEG_A)
+    tables.store(ONE, 0, Activation(frozenset({SEG_A}), 1.0))
+    rig = Rig(config((SEG_A,), limit=100), tables)  # slices of 10
+    rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))
+    await rig.backfiller.run()  # lists the members; the bucket starts empty
+    assert rig.records() == []
+    assert rig.backfiller.progress() == {(0, JobKind.RESEND): (1, 0, 4)}
+    # ids[2] leaves A in a live batch (its exit is sent live).
+    await rig.batch(q(ids[2], SEG_A, "exited", T1))
+    [(exited, _)] = rig.records()
+    assert ups(exited) == {SEG_A: entry(T1, "exited", name="Segment A")}
+    rig.clear()
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.keys() == [ids[0], ids[1], ids[3]]
+    assert tables.stored().done == (("resend-1", 3),)
+
+
+async def test_a_resend_command_through_the_pipeline() -> None:
+    tables = Tables()
+    ids = members(tables, 2, SEG_A)
+    ids += members(tables, 2, SEG_A, partition=1)
+    settings = config((SEG_A, SEG_B))
+    rig = Rig(settings, tables, partitions=(0, 1))
+    await rig.backfiller.run()
+    rig.clear()
+    command = encode_resend("resend-x", ONE, None)
+    await rig.batch((settings.control_topic, b"resend-x", command, 1))
+    [job] = tables.stored(ONE, 1).jobs
+    assert (job.id, job.segments) == ("resend-x", frozenset({SEG_A, SEG_B}))
+    assert tables.stored(ONE, 0).jobs == ()  # only the partition that took it
+    await rig.backfiller.run()
+    assert rig.keys() == ids[2:]
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+async def test_a_member_with_malformed_memberships_is_dead_lettered() -> None:
+    tables = Tables()
+    ids = members(tables, 3, SEG_A)
+    tables.memberships[ids[1]] = {SEG_A: [True, "yesterday"]}
+    rig = Rig(config((SEG_A, SEG_B)), tables)
+    await rig.backfiller.run()
+    assert rig.keys() == [ids[0], ids[2]]
+    [(key, letter)] = rig.dead_letters.sent
+    assert key == ids[1].encode()
+    assert letter["reason"] == "internal_error"
+    assert letter["detail"].startswith("ValueError: ")
+    assert letter["destination"] == ONE
+    assert letter["stream"] == "stream-one"
+    stored = tables.stored()
+    [(job_id, sent)] = stored.done
+    assert letter["source"] == {"job": job_id, "kind": "backfill", "partition": 0}
+    assert stored.jobs == ()
+    assert sent == 2
+
+
+async def test_a_record_the_stream_rejects_is_dead_lettered() -> None:
+    tables = Tables()
+    ids = members(tables, 3, SEG_A)
+    big = {"person": {"name": {"lastName": "x" * 400}}}
+    tables.profiles[ids[1]] = {"attributes": big, "identityMap": EMAIL_MAP}
+    transport = FakeTransport(max_record_bytes=300)
+    rig = Rig(config((SEG_A,)), tables, transports=[transport])
+    await rig.writers[0].start()
+    await rig.backfiller.run()
+    assert rig.keys() == [ids[0], ids[2]]
+    [(key, letter)] = rig.dead_letters.sent
+    assert key == ids[1].encode()
+    assert letter["reason"] == "record_too_large"
+    assert letter["partitionKey"] == EMAIL
+    assert letter["destination"] == ONE
+    record = orjson.loads(letter["value"])
+    assert record["person"] == big["person"]
+    assert ups(record) == {SEG_A: existing(T0, SEG_A)}
+    stored = tables.stored()
+    [(job_id, sent)] = stored.done
+    assert letter["source"] == {"job": job_id, "kind": "backfill", "partition": 0}
+    assert stored.jobs == ()
+    assert sent == 2, "a rejected record is dead-lettered, not counted as sent"
+
+
+# -- a new assignment, before a batch -----------------------------------------------------------
+
+
+async def test_prepare_plans_a_new_generation_before_the_batch() -> None:
+    tables = Tables()
+    tables.seed("p1", {SEG_A: (True, T0)})
+    rig = Rig(config((SEG_A, SEG_B), limit=100), tables)  # paced: planning sends nothing yet
+    await rig.backfiller.prepare()
+    assert len(tables.stored().jobs) == 1
+    assert rig.backfiller.progress() == {(0, JobKind.BACKFILL): (1, 0, 1)}
+    # The batch: p2 joins A (its live record: realized).
+    await rig.batch(q("p2", SEG_A, "realized", T1, ECID_MAP))
+    assert rig.records() == [
+        (
+            {
+                "segmentMembership": {"ups": {SEG_A: entry(T1, "realized", name="Segment A")}},
+                "identityMap": ECID_MAP,
+            },
+            ECID,
+        )
+    ]
+    rig.clear()
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.keys() == ["p1"]  # not p2: it joined after the planning
+    assert [sent for _, sent in tables.stored().done] == [1]
+
+
+async def test_prepare_runs_only_for_a_new_generation() -> None:
+    tables = Tables()
+    members(tables, 2, SEG_A)
+    rig = Rig(config((SEG_A,)), tables)
+    await rig.backfiller.prepare()
+    assert len(rig.records()) == 2
+    # Work again, same generation: prepare leaves it to run().
+    rig.clear()
+    rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))
+    await rig.backfiller.prepare()
+    assert rig.records() == []
+    # A rebalance that hands over a new partition: planned by prepare.
+    ids = members(tables, 2, SEG_A, partition=1)
+    rig.generation, rig.partitions = 2, frozenset({0, 1})
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.prepare()
+    assert set(ids) <= set(rig.keys())
+    assert tables.stored(ONE, 1).active == {SEG_A}
+
+
+async def test_a_new_generation_reads_the_activations_again() -> None:
+    tables = Tables()
+    members(tables, 2, SEG_A)
+    rig = Rig(config((SEG_A,)), tables)
+    await rig.backfiller.run()
+    rig.clear()
+    # Meanwhile another worker owned the partition and took a request.
+    job = Job("resend-9", JobKind.RESEND, frozenset({SEG_A}), 1.0)
+    tables.store(ONE, 0, Activation(frozenset({SEG_A}), 1.0, (job,)))
+    rig.generation += 1
+    await rig.backfiller.run()
+    assert len(rig.records()) == 2
+    assert tables.stored().done[-1] == ("resend-9", 2)
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+async def test_progress_counts_jobs_sent_and_total_per_destination_and_kind() -> None:
+    tables = Tables()
+    members(tables, 15, SEG_A, partition=0)
+    members(tables, 4, SEG_A, partition=1)
+    tables.seed("p1-9999", {SEG_C: (True, T0)}, partition=1)
+    rig = Rig(config((SEG_A,), (SEG_B, SEG_C), limit=100), tables, partitions=(0, 1))
+    assert rig.backfiller.progress() == {}  # nothing planned yet
+    await rig.backfiller.run()  # planned: every partition listed; nothing sent yet
+    assert rig.backfiller.progress() == {
+        (0, JobKind.BACKFILL): (2, 0, 19),
+        (1, JobKind.BACKFILL): (1, 0, 1),  # partition 0 has no member of B or C: done
+    }
+    assert [sent for _, sent in tables.stored(TWO, 0).done] == [0]
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()  # a slice of 10 each
+    assert rig.backfiller.progress() == {(0, JobKind.BACKFILL): (2, 10, 19)}
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()  # the 5 left in partition 0, the 4 of partition 1
+    assert rig.backfiller.progress() == {}
+    assert len(rig.records(0)) == 19
+    assert rig.keys(1) == ["p1-9999"]
+
+    # A re-send: counted by its sent alone until its partition is listed.
+    rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))
+    assert rig.backfiller.progress() == {(0, JobKind.RESEND): (1, 0, 0)}
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.backfiller.progress() == {(0, JobKind.RESEND): (1, 10, 15)}
+
+
+async def test_a_queued_backfill_sends_the_members_of_when_its_mapping_was_seen() -> None:
+    """A segment mapped while another backfill of the partition is pending: its
+    job waits behind that one, and still sends the members of the moment the
+    mapping was first seen (docs/contract.md, "Backfill and re-send")."""
+    tables = Tables()
+    ids = members(tables, 3, SEG_A)
+    pending = Job("backfill-a", JobKind.BACKFILL, frozenset({SEG_A}), 1.0)
+    tables.store(ONE, 0, Activation(frozenset({SEG_A}), 1.0, (pending,)))
+    tables.seed("p0-0009", {SEG_C: (True, T0)})  # a member of C when C is mapped
+    rig = Rig(config((SEG_A, SEG_C), limit=100), tables)  # paced: planning sends nothing
+    await rig.backfiller.prepare()
+    [first, second] = tables.stored().jobs
+    assert first.id == "backfill-a"
+    assert second.segments == {SEG_C}
+    # The batch: p0-0010 joins C after the mapping was seen (its live record: realized).
+    await rig.batch(q("p0-0010", SEG_C, "realized", T1))
+    assert [ups(r)[SEG_C]["status"] for r, _ in rig.records()] == ["realized"]
+    rig.clear()
+    for _ in range(4):
+        rig.clock.advance(0.25)
+        await rig.backfiller.run()
+    assert tables.stored().jobs == ()
+    assert rig.keys() == [*ids, "p0-0009"]  # not p0-0010: it joined after the mapping
