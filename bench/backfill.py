@@ -102,7 +102,8 @@ def config(
     }
 
 
-async def live_load(bootstrap: str, topic: str, rate: float, seconds: float) -> int:
+async def live_load(bootstrap: str, topic: str, rate: float, seconds: float, prefix: str) -> int:
+    """``rate`` new profiles/s joining A (each one record), stamped with their send time."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -115,7 +116,7 @@ async def live_load(bootstrap: str, topic: str, rate: float, seconds: float) -> 
             delay = started + index / rate - time.monotonic()
             if delay > 0.001:
                 await asyncio.sleep(delay)
-            profile = f"live-{index:07d}"
+            profile = f"{prefix}-{index:07d}"
             identities = {"ecid": [{"id": profile}], "bench": [{"id": str(time.time_ns())}]}
             status = "realized"
             value = qualification(profile, SEG_A, status, T0, identities)
@@ -140,7 +141,9 @@ def phase(
     worker = WorkerProcess(settings, workdir, name)
     try:
         worker.start()
-        sent = asyncio.run(live_load(stack.kafka_bootstrap, topics.qualifications, rate, seconds))
+        sent = asyncio.run(
+            live_load(stack.kafka_bootstrap, topics.qualifications, rate, seconds, name)
+        )
         deadline = time.monotonic() + 300
         while len(kinesis.live_ms) < sent or kinesis.backfilled < expect_backfill:
             if time.monotonic() > deadline:

@@ -18,14 +18,22 @@ restarts (worker.backfill does the I/O).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from worker.vocabulary import JobKind
 
-__all__ = ["Activation", "Job", "activation_from_json", "activation_to_json", "plan", "request"]
+__all__ = [
+    "Activation",
+    "Job",
+    "activation_from_json",
+    "activation_key",
+    "activation_to_json",
+    "plan",
+    "request",
+    "split_key",
+]
 
 # Finished job ids kept per (destination, partition): enough for a command
 # waiting on a request while others follow it.
@@ -64,18 +72,23 @@ class Activation:
 
 
 def plan(
-    current: Activation | None, mapped: frozenset[str], now: float, backfill: bool = True
+    current: Activation | None,
+    mapped: frozenset[str],
+    now: float,
+    job_id: str,
+    adopt: bool = False,
 ) -> Activation | None:
     """The activation for the configuration's ``mapped`` segments, or ``None``
     when ``current`` already matches it.
 
     Newly mapped segments (all of them for a destination never seen) get a
-    backfill job unless ``backfill`` is off. Unmapped segments leave the
-    pending jobs; a job left with none is finished: nothing is sent for a
-    segment no longer mapped.
+    backfill job, with id ``job_id``; ``adopt`` (a partition no version that
+    tracks activations has planned: an upgrade) takes the mapping as it is,
+    with no job. Unmapped segments leave the pending jobs; a job left with
+    none is finished: nothing is sent for a segment no longer mapped.
     """
     if current is None:
-        jobs = (_backfill(mapped, now),) if backfill and mapped else ()
+        jobs = () if adopt or not mapped else (_backfill(job_id, mapped, now),)
         return Activation(mapped, now, jobs)
     if current.active == mapped:
         return None
@@ -87,8 +100,8 @@ def plan(
         else:
             updated = replace(updated, done=(*updated.done, (job.id, job.sent))[-KEPT_DONE:])
     added = mapped - current.active
-    if backfill and added:
-        updated = replace(updated, jobs=(*updated.jobs, _backfill(added, now)))
+    if added:
+        updated = replace(updated, jobs=(*updated.jobs, _backfill(job_id, added, now)))
     return updated
 
 
@@ -104,8 +117,25 @@ def request(
     return replace(current, jobs=(*current.jobs, job))
 
 
-def _backfill(segments: frozenset[str], now: float) -> Job:
-    return Job(f"backfill-{uuid.uuid4().hex[:12]}", JobKind.BACKFILL, segments, now)
+def _backfill(job_id: str, segments: frozenset[str], now: float) -> Job:
+    return Job(job_id, JobKind.BACKFILL, segments, now)
+
+
+# -- keys of the activations table ------------------------------------------------
+
+
+def activation_key(partition: int, destination: str) -> str:
+    """The table key of a destination's activation in an input partition. The
+    empty destination name (none is empty) marks a partition as planned."""
+    return f"{partition}/{destination}"
+
+
+def split_key(key: str) -> tuple[int, str]:
+    """Inverse of ``activation_key``; ``ValueError`` when it is not one."""
+    partition, slash, destination = key.partition("/")
+    if not slash:
+        raise ValueError(f"not an activation key: {key!r}")
+    return int(partition), destination
 
 
 # -- stored form -------------------------------------------------------------------

@@ -29,7 +29,7 @@ from worker.budget import MemoryBudget
 from worker.faust.deadletters import DeadLetterTopic
 from worker.faust.monitor import LeanMonitor
 from worker.faust.repair import Repairs
-from worker.faust.state import owned_partitions
+from worker.faust.state import owned_partitions, rebalance_count
 from worker.faust.tables import FaustTables
 from worker.health import Health
 from worker.kafka_client import broker_credentials
@@ -72,11 +72,9 @@ class WorkerApp(faust.App):
     """
 
     shutdown_timeout_s: float | None = None
-    generation = 0  # rebalances begun: what backfill planned is for one generation
 
     def on_rebalance_start(self) -> None:
         metrics.REBALANCES.inc()
-        self.generation += 1
         super().on_rebalance_start()
 
     async def on_stop(self) -> None:
@@ -186,14 +184,18 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     memory = MemoryBudget(runtime.max_buffer_bytes)
     tables = FaustTables(profiles, memberships, app.producer, activations_table)
     dead_letters = DeadLetterTopic(app, kafka.dlq_topic)
-    activations = Activations(destinations, tables)
+    activations = Activations(destinations, tables, lambda: rebalance_count(app))
     processor = BatchProcessor(settings, destinations, tables, dead_letters, memory, activations)
 
-    def assignment() -> tuple[int, frozenset[int]] | None:
-        owned = owned_partitions(app, kafka.qualifications_topic)
-        return None if owned is None else (app.generation, owned)
-
-    backfiller = Backfiller(destinations, activations, tables, dead_letters, assignment)
+    backfiller = Backfiller(
+        destinations,
+        activations,
+        tables,
+        dead_letters,
+        lambda: owned_partitions(app, kafka.qualifications_topic),
+        layout.partitions,
+        memory,
+    )
     runner = BatchRunner(
         processor,
         runtime.batch_max_events,

@@ -13,18 +13,22 @@ were accepted.
 A slice sends members in the order of their profile ids, then stores the last
 id sent as the job's cursor, in the same table write as any other state (and
 before the next batch is acknowledged): a crash resends at most the slice in
-flight. Slices are paced to ``backfill_share`` of the stream's records/s limit
-(per shard, times the shards) so that live records keep their room.
+flight. A slice whose partition moved to another worker meanwhile stores
+nothing; the new owner resends at most that slice. Slices are paced to
+``backfill_share`` of the stream's records/s limit, split between the workers
+by the share of the partitions each owns, so that live records keep their room.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
+import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from worker import deadletters, metrics
@@ -37,11 +41,12 @@ from worker.activation import (
     request,
 )
 from worker.batching import is_outage
+from worker.budget import MemoryBudget
 from worker.deadletters import DeadLetter
 from worker.export import encode
 from worker.kinesis import Outcome, Record, Rejection
 from worker.membership import memberships_from_json
-from worker.pipeline import DeadLetterSink, Destination
+from worker.pipeline import DeadLetterSink, Destination, stored_identities
 from worker.vocabulary import DeadLetterReason as Reason
 from worker.vocabulary import JobKind
 
@@ -51,14 +56,20 @@ log = logging.getLogger(__name__)
 SLICE_MAX = 500
 # A slice aims at this much of the pace's time, so it stays short.
 SLICE_SECONDS = 0.2
+# Members listed between two turns of the event loop while a job is listed.
+LIST_CHUNK = 2000
 PROGRESS_INTERVAL_S = 10.0
 BACKOFF_MAX_S = 30.0
+# Polled this often while idle, to see a new assignment.
+IDLE_POLL_S = 1.0
+# The table key (empty destination) that marks a partition as planned.
+PLANNED = ""
 
 
 class ActivationTables(Protocol):
     """The tables as backfill reads and writes them, by partition."""
 
-    def member_ids(self, partition: int) -> list[str]: ...
+    def member_ids(self, partitions: Collection[int]) -> dict[int, list[str]]: ...
 
     def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None: ...
 
@@ -75,30 +86,48 @@ class ActivationTables(Protocol):
     async def flush(self) -> None: ...
 
 
-# (generation, input partitions owned) when tables are recovered and no
-# rebalance is under way; None otherwise.
+# (rebalance count, input partitions owned) when tables are recovered and no
+# rebalance is under way; None otherwise (worker.faust.state.owned_partitions).
 Assignment = Callable[[], tuple[int, frozenset[int]] | None]
 
 
+def new_backfill_id() -> str:
+    return f"backfill-{uuid.uuid4().hex[:12]}"
+
+
 class Activations:
-    """The activation of each (destination, partition), loaded and planned lazily."""
+    """The activation of each (destination, partition), loaded and planned lazily.
+
+    What it holds is valid for one rebalance count (``generation``): after a
+    rebalance another worker may have changed a partition, so it is read again.
+    """
 
     def __init__(
         self,
         destinations: Sequence[Destination],
         tables: ActivationTables,
+        generation: Callable[[], int],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._destinations = list(destinations)
         self._tables = tables
+        self._generation = generation
         self._clock = clock
         self._held: dict[tuple[int, int], Activation] = {}
+        self._held_generation: int | None = None
+        # Per partition: whether it had never been planned when first read (an
+        # upgrade from a version without activations, or a new app_id).
+        self._adopting: dict[int, bool] = {}
 
     def forget(self) -> None:
-        """After a rebalance: what another worker may have changed is read again."""
         self._held.clear()
+        self._adopting.clear()
 
     def get(self, destination: int, partition: int) -> Activation:
+        generation = self._generation()
+        if generation != self._held_generation:
+            self.forget()
+            self._held_generation = generation
         key = (destination, partition)
         held = self._held.get(key)
         if held is not None:
@@ -110,10 +139,14 @@ class Activations:
             try:
                 current = activation_from_json(stored)
             except ValueError as exc:
-                # Only this worker writes it; replanning loses at most a pending job.
+                # Replanning sends the destination's members again: duplicates, no loss.
                 log.error("activation of %s in partition %d: %s", dest.name, partition, exc)
         planned = plan(
-            current, dest.format.segment_ids, self._clock(), backfill=dest.settings.backfill
+            current,
+            dest.format.segment_ids,
+            self._clock(),
+            new_backfill_id(),
+            adopt=self._adopt(partition),
         )
         if planned is not None:
             self._log_plan(dest.name, partition, current, planned)
@@ -122,6 +155,18 @@ class Activations:
         assert current is not None  # plan() returns one when there is none
         self._held[key] = current
         return current
+
+    def _adopt(self, partition: int) -> bool:
+        """True for a partition no version that tracks activations planned: its
+        destinations take their mappings as they are, with nothing to send (what
+        the tables hold was exported already). It is marked as planned."""
+        adopting = self._adopting.get(partition)
+        if adopting is None:
+            adopting = self._tables.get_activation(PLANNED, partition) is None
+            if adopting:
+                self._tables.put_activation(PLANNED, {"since": self._clock()}, partition)
+            self._adopting[partition] = adopting
+        return adopting
 
     def put(self, destination: int, partition: int, activation: Activation) -> None:
         """Holds ``activation`` and writes it (durable with the tables' next flush)."""
@@ -151,7 +196,7 @@ class Activations:
         before = frozenset() if current is None else current.active
         added, removed = planned.active - before, before - planned.active
         if current is None:
-            what = "new destination"
+            what = "first planned" if not planned.jobs else "new destination"
         else:
             what = f"mapped {sorted(added)}" if added else ""
             what += f"{'; ' if what else ''}unmapped {sorted(removed)}" if removed else ""
@@ -164,7 +209,6 @@ class Activations:
 class _Pass:
     """One job's members left to send in one partition, in profile id order."""
 
-    job_id: str
     left: list[str]  # reversed: the next id to send is last
     total: int
 
@@ -177,13 +221,6 @@ class _Pace:
     at: float = 0.0
 
 
-@dataclass(slots=True)
-class _Progress:
-    sent: int = 0
-    at: float = 0.0
-    reported: dict[tuple[int, JobKind], int] = field(default_factory=dict)
-
-
 class Backfiller:
     """Runs the activations' jobs a paced slice at a time, between batches."""
 
@@ -194,13 +231,18 @@ class Backfiller:
         tables: ActivationTables,
         dead_letters: DeadLetterSink,
         assignment: Assignment,
+        partitions: int,
+        memory: MemoryBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``partitions``: the input topics' partition count (the pace's split)."""
         self._destinations = list(destinations)
         self._activations = activations
         self._tables = tables
         self._dead_letters = dead_letters
         self._assignment = assignment
+        self._partition_count = partitions
+        self._memory = memory or MemoryBudget(64 * 1024 * 1024)
         self._clock = clock
         self._generation: int | None = None
         self._partitions: frozenset[int] = frozenset()
@@ -209,26 +251,29 @@ class Backfiller:
         self._paces = [_Pace() for _ in self._destinations]
         self._retry_at = 0.0
         self._failures = 0
-        self._progress = _Progress()
+        # Members of the jobs finished since the last plan, by (destination, kind).
+        self._finished: Counter[tuple[int, JobKind]] = Counter()
+        self._reported: dict[tuple[int, JobKind], int] = {}
+        self._reported_at = 0.0
 
     # -- when ------------------------------------------------------------------------
 
     def due_in(self) -> float:
-        """Seconds until a slice is due: 0 now; at most 1, to see rebalances while idle."""
+        """Seconds until a slice is due (0: now); polls while idle, to see a new
+        assignment. Never raises: live events must not wait on a backfill bug."""
         try:
             return self._due_in()
-        except Exception as exc:  # never stop live events for a backfill
-            log.error("backfill: %s: %s", type(exc).__name__, exc)
-            self._retry_at = self._clock() + BACKOFF_MAX_S
-            return 1.0
+        except Exception as exc:
+            self._failed(exc)
+            return IDLE_POLL_S
 
     def _due_in(self) -> float:
         now = self._clock()
         if now < self._retry_at:
-            return min(1.0, self._retry_at - now)
+            return min(IDLE_POLL_S, self._retry_at - now)
         assignment = self._assignment()
         if assignment is None:
-            return 1.0
+            return IDLE_POLL_S
         if assignment[0] != self._generation:
             return 0.0
         waits = [
@@ -236,19 +281,20 @@ class Backfiller:
             for index in range(len(self._destinations))
             if self._has_work(index)
         ]
-        return min([1.0, *waits])
+        return min([IDLE_POLL_S, *waits])
 
     def _has_work(self, index: int) -> bool:
         return any(self._activations.get(index, p).jobs for p in self._partitions)
 
     def _rate(self, index: int) -> float | None:
-        """Records/s this destination's slices may send; None: no limit."""
+        """Records/s this worker's slices may send to this destination; None: no limit."""
         destination = self._destinations[index]
         limit = destination.settings.shard_records_per_s
         if not limit:
             return None
         shards = destination.writer.shard_count or 1
-        return destination.settings.backfill_share * limit * shards
+        owned = len(self._partitions) / max(1, self._partition_count)
+        return max(1.0, destination.settings.backfill_share * limit * shards * owned)
 
     def _slice_size(self, index: int) -> int:
         rate = self._rate(index)
@@ -256,59 +302,57 @@ class Backfiller:
             return SLICE_MAX
         return max(1, min(SLICE_MAX, int(rate * SLICE_SECONDS)))
 
-    def _refill(self, index: int, now: float) -> float:
+    def _wait(self, index: int, now: float) -> float:
         pace, rate = self._paces[index], self._rate(index)
         if rate is None:
-            pace.tokens = float(SLICE_MAX)
-        else:
-            if pace.at == 0.0:
-                pace.at = now
-            pace.tokens = min(self._slice_size(index), pace.tokens + (now - pace.at) * rate)
-        pace.at = now
-        return pace.tokens
-
-    def _wait(self, index: int, now: float) -> float:
-        tokens = self._refill(index, now)
-        rate = self._rate(index)
-        needed = self._slice_size(index)
-        if tokens >= needed or rate is None:
             return 0.0
-        return (needed - tokens) / rate
+        if pace.at == 0.0:
+            pace.at = now
+        needed = self._slice_size(index)
+        pace.tokens = min(needed, pace.tokens + (now - pace.at) * rate)
+        pace.at = now
+        return 0.0 if pace.tokens >= needed else (needed - pace.tokens) / rate
 
-    # -- a slice ---------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Plans newly owned partitions, then sends one slice per destination that
-        is due. Failures are logged and retried later: the jobs' cursors only
-        move once what they cover was accepted."""
-        try:
-            await self._run()
-            self._failures = 0
-        except Exception as exc:
-            self._failures += 1
-            delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
-            self._retry_at = self._clock() + delay
-            self._passes.clear()  # rebuilt from the stored cursors
-            self._activations.forget()
-            if is_outage(exc):
-                log.warning(
-                    "backfill slice failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay
-                )
-            else:
-                log.error(
-                    "backfill slice failed (%s); retry in %.1fs",
-                    type(exc).__name__,
-                    delay,
-                    extra={"traceback": "".join(traceback.format_tb(exc.__traceback__))},
-                )
+    # -- running ---------------------------------------------------------------------
 
     async def prepare(self) -> None:
         """Before each batch: a new assignment is planned before any of its events
         is applied, so that a backfill sends the members as of its mapping (a
         profile joining later gets its live record, not a backfill one too)."""
-        assignment = self._assignment()
+        try:
+            assignment = self._assignment()
+        except Exception as exc:
+            self._failed(exc)
+            return
         if assignment is not None and assignment[0] != self._generation:
             await self.run()
+
+    async def run(self) -> None:
+        """Plans a new assignment, then sends one slice per destination that is
+        due. Failures are logged and retried later: the jobs' cursors only move
+        once what they cover was accepted."""
+        try:
+            await self._run()
+            self._failures = 0
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
+        self._retry_at = self._clock() + delay
+        self._generation = None  # planned again from the stored state
+        if is_outage(exc):
+            log.warning(
+                "backfill slice failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay
+            )
+        else:
+            log.error(
+                "backfill slice failed (%s); retry in %.1fs",
+                type(exc).__name__,
+                delay,
+                extra={"traceback": "".join(traceback.format_tb(exc.__traceback__))},
+            )
 
     async def _run(self) -> None:
         assignment = self._assignment()
@@ -319,8 +363,16 @@ class Backfiller:
         now = self._clock()
         for index in range(len(self._destinations)):
             if self._has_work(index) and self._wait(index, now) == 0.0:
-                await self._slice(index, now)
+                await self._slice(index)
         self._report(now)
+
+    def _still_owned(self, partition: int) -> bool:
+        assignment = self._assignment()
+        return (
+            assignment is not None
+            and assignment[0] == self._generation
+            and partition in assignment[1]
+        )
 
     async def _plan(self, generation: int, partitions: frozenset[int]) -> None:
         """Plans each owned partition and lists the members of each of its jobs:
@@ -328,15 +380,17 @@ class Backfiller:
         it is queued behind another job."""
         self._activations.forget()
         self._passes.clear()
+        self._finished.clear()
         self._generation, self._partitions = generation, partitions
+        ids = self._tables.member_ids(partitions)
         for index in range(len(self._destinations)):
             for partition in sorted(partitions):
                 for job in self._activations.get(index, partition).jobs:
-                    self._pass(index, partition, job)
-                self._next_job(index, partition)
+                    await self._pass(index, partition, job, ids[partition])
+                await self._next_job(index, partition)
         await self._tables.flush()
 
-    async def _slice(self, index: int, now: float) -> None:
+    async def _slice(self, index: int) -> None:
         destination = self._destinations[index]
         budget = self._slice_size(index)
         if self._rate(index) is not None:
@@ -345,59 +399,69 @@ class Backfiller:
         taken: list[tuple[int, Job, str]] = []  # partition, job, last id taken
         records: list[tuple[Record, bytes, int, Job]] = []
         letters: list[DeadLetter] = []
-        for partition in sorted(self._partitions):
-            if used >= budget:
-                break
-            job = self._next_job(index, partition)
-            if job is None:
-                continue
-            work = self._pass(index, partition, job)
-            scope = self._tables.scope(partition)
-            last = ""
-            while work.left and used < budget:
-                last = work.left.pop()
-                used += 1
-                try:
-                    record = self._record(destination, job, last, scope)
-                except Exception as exc:  # a stored state this code cannot read
-                    letters.append(_letter(last, job, partition, destination, exc))
+        held = 0
+        try:
+            for partition in sorted(self._partitions):
+                if used >= budget or self._memory.over:
+                    break
+                job = await self._next_job(index, partition)
+                if job is None:
                     continue
-                if record is not None:
-                    records.append((record, last.encode(), partition, job))
-            taken.append((partition, job, last))
-        accepted: Counter[int] = Counter()  # by partition
-        if records:
-            outcomes = await destination.writer.put_all([r for r, *_ in records])
-            for (record, key, partition, job), outcome in zip(records, outcomes, strict=True):
-                if outcome.accepted:
-                    accepted[partition] += 1
-                else:
-                    letters.append(_rejected(record, key, job, partition, destination, outcome))
+                work = self._passes[index, partition, job.id]
+                scope = self._tables.scope(partition)
+                last = ""
+                while work.left and used < budget and not self._memory.over:
+                    last = work.left.pop()
+                    used += 1
+                    try:
+                        record = self._record(destination, job, last, scope)
+                    except Exception as exc:  # a stored state this code cannot read
+                        letters.append(_letter(last, job, partition, destination, exc))
+                        continue
+                    if record is not None:
+                        records.append((record, last.encode(), partition, job))
+                        self._memory.take_output(len(record.data))
+                        held += len(record.data)
+                taken.append((partition, job, last))
+            accepted: Counter[int] = Counter()  # by partition
+            if records:
+                outcomes = await destination.writer.put_all([r for r, *_ in records])
+                for (record, key, partition, job), outcome in zip(records, outcomes, strict=True):
+                    if outcome.accepted:
+                        accepted[partition] += 1
+                    else:
+                        letters.append(_rejected(record, key, job, partition, destination, outcome))
+        finally:
+            self._memory.release_output(held)
+        await asyncio.gather(*(self._dead_letters.send(x.key, x.value) for x in letters))
         for letter in letters:
-            await self._dead_letters.send(letter.key, letter.value)
             metrics.DEAD_LETTERS.labels(reason=letter.reason).inc()
-        # Only now that every record is accepted or dead-lettered do the cursors move.
+        self._paces[index].tokens -= used
+        # Only now that every record is accepted or dead-lettered do the cursors
+        # move, and only where this worker still owns the partition.
         for partition, job, last in taken:
+            count = accepted[partition]
+            labels = {"destination": destination.name}
+            metrics.ACTIVATION_SENT.labels(**labels, kind=job.kind).inc(count)
+            metrics.EXPORTS.labels(**labels, status=job.kind).inc(count)
+            if not self._still_owned(partition):
+                self._generation = None  # planned again, from what the new owner stored
+                continue
             activation = self._activations.get(index, partition)
             work = self._passes[index, partition, job.id]
-            count = accepted[partition]
             moved = replace(job, cursor=last, sent=job.sent + count, total=work.total)
             if work.left:
                 self._activations.put(index, partition, activation.with_job(moved))
             else:
                 self._finish(index, partition, activation, moved)
-            labels = {"destination": destination.name}
-            metrics.ACTIVATION_SENT.labels(**labels, kind=job.kind).inc(count)
-            metrics.EXPORTS.labels(**labels, status=job.kind).inc(count)
-        self._paces[index].tokens -= used
         await self._tables.flush()
 
-    def _next_job(self, index: int, partition: int) -> Job | None:
+    async def _next_job(self, index: int, partition: int) -> Job | None:
         """The partition's first job with members left; those with none are finished."""
         activation = self._activations.get(index, partition)
         while activation.jobs:
             job = activation.jobs[0]
-            work = self._pass(index, partition, job)
+            work = await self._pass(index, partition, job)
             if work.left:
                 return job
             activation = self._finish(index, partition, activation, replace(job, total=work.total))
@@ -406,7 +470,9 @@ class Backfiller:
     def _finish(self, index: int, partition: int, activation: Activation, job: Job) -> Activation:
         finished = activation.finish(job)
         self._activations.put(index, partition, finished)
-        self._passes.pop((index, partition, job.id), None)
+        work = self._passes.pop((index, partition, job.id), None)
+        total = work.total if work is not None else job.sent
+        self._finished[index, job.kind] += total
         log.info(
             "%s %s to %s done in partition %d: %d records",
             job.kind.value,
@@ -417,14 +483,21 @@ class Backfiller:
         )
         return finished
 
-    def _pass(self, index: int, partition: int, job: Job) -> _Pass:
-        """The members of ``job``'s segments after its cursor, scanned once."""
+    async def _pass(
+        self, index: int, partition: int, job: Job, ids: list[str] | None = None
+    ) -> _Pass:
+        """The members of ``job``'s segments after its cursor, listed once
+        (``ids``: the partition's profile ids, when already read)."""
         work = self._passes.get((index, partition, job.id))
         if work is not None:
             return work
+        if ids is None:
+            ids = self._tables.member_ids((partition,))[partition]
         scope = self._tables.scope(partition)
         members = []
-        for profile_id in self._tables.member_ids(partition):
+        for position, profile_id in enumerate(ids):
+            if position % LIST_CHUNK == LIST_CHUNK - 1:
+                await asyncio.sleep(0)  # live batches and probes meanwhile
             if job.cursor is not None and profile_id <= job.cursor:
                 continue
             stored = self._tables.get_memberships(profile_id, scope)
@@ -438,7 +511,7 @@ class Backfiller:
             if any(held[s].member for s in job.segments if s in held):
                 members.append(profile_id)
         members.sort(reverse=True)
-        work = _Pass(job.id, members, job.sent + len(members))
+        work = _Pass(members, job.sent + len(members))
         self._passes[index, partition, job.id] = work
         return work
 
@@ -451,7 +524,7 @@ class Backfiller:
         if not any(memberships[s].member for s in job.segments if s in memberships):
             return None
         profile = self._tables.get_profile(profile_id, scope) or {}
-        identities = profile.get("identityMap") or profile.get("rememberedIdentityMap")
+        identities = stored_identities(profile)
         attributes = profile.get("attributes") or {}
         built = destination.format.build(attributes, identities, memberships, {})
         if built is None:
@@ -461,10 +534,11 @@ class Backfiller:
     # -- progress --------------------------------------------------------------------
 
     def progress(self) -> dict[tuple[int, JobKind], tuple[int, int, int]]:
-        """(jobs, members done, members in total) per destination and kind, over the
-        partitions this worker owns. A member is done once sent, dead-lettered or
-        skipped (it left the segments); a job not yet listed counts what it sent."""
-        found: dict[tuple[int, JobKind], tuple[int, int, int]] = {}
+        """(jobs pending, members done, members in total) per destination and kind,
+        in the partitions this worker owns, since they were planned. A member is
+        done once sent, dead-lettered or skipped (it left the segments); a job
+        not yet listed counts what it sent."""
+        found = {key: (0, count, count) for key, count in self._finished.items()}
         for index in range(len(self._destinations)):
             for partition in self._partitions:
                 for job in self._activations.get(index, partition).jobs:
@@ -481,34 +555,36 @@ class Backfiller:
         progress = self.progress()
         for index, destination in enumerate(self._destinations):
             for kind in JobKind:
-                jobs, sent, total = progress.get((index, kind), (0, 0, 0))
+                jobs, done, total = progress.get((index, kind), (0, 0, 0))
                 labels = {"destination": destination.name, "kind": kind}
                 metrics.ACTIVATION_JOBS.labels(**labels).set(jobs)
-                metrics.ACTIVATION_REMAINING.labels(**labels).set(total - sent)
-        state = self._progress
-        if now - state.at < PROGRESS_INTERVAL_S:
+                metrics.ACTIVATION_REMAINING.labels(**labels).set(total - done)
+        if now - self._reported_at < PROGRESS_INTERVAL_S:
             return
-        elapsed = now - state.at if state.at else 0.0
-        for (index, kind), (jobs, sent, total) in sorted(progress.items()):
-            before = state.reported.get((index, kind))
-            rate = (
-                max(0.0, (sent - before) / elapsed) if before is not None and elapsed > 0 else 0.0
-            )
-            left = total - sent
+        elapsed = now - self._reported_at if self._reported_at else 0.0
+        for (index, kind), (jobs, done, total) in sorted(progress.items()):
+            if not jobs and (index, kind) not in self._reported:
+                continue  # finished before the last report: said by its "done" lines
+            before = self._reported.get((index, kind))
+            rate = 0.0
+            if before is not None and elapsed > 0:
+                rate = max(0.0, (done - before) / elapsed)
+            left = total - done
             eta = f"about {left / rate:.0f}s left" if rate > 0 else "time left unknown yet"
+            if not jobs:
+                eta = "done"
             log.info(
-                "%s to %s: %d/%d members (%d%%), %.0f/s, %s, %d job(s) in this worker's partitions",
+                "%s to %s: %d/%d members (%d%%), %.0f/s, %s",
                 kind.value,
                 self._destinations[index].name,
-                sent,
+                done,
                 total,
-                100 * sent // total if total else 0,
+                100 * done // total if total else 100,
                 rate,
                 eta,
-                jobs,
             )
-        state.reported = {key: sent for key, (_, sent, _) in progress.items()}
-        state.at = now
+        self._reported = {key: done for key, (jobs, done, _) in progress.items() if jobs}
+        self._reported_at = now
 
 
 def _letter(

@@ -7,27 +7,32 @@ taken for good once its offset is committed (its effect, a job in the
 ``activations`` table, is durable by then). So a command reaches any number
 of workers, and survives their restarts and rebalances.
 
-``resend`` is the command here: ``send_resend`` writes it, ``wait_taken``
-follows the group's committed offsets, ``wait_done`` reads the activations
-changelog until every partition lists the job as finished.
+``resend`` is the command here: this module has its format and how its
+progress is read from the activations changelog; worker.resend runs it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
+from worker.activation import Activation, activation_from_json, split_key
 from worker.events import BadEvent
 from worker.vocabulary import DeadLetterReason as Reason
 
-__all__ = ["Command", "encode_resend", "parse_command"]
+__all__ = [
+    "Command",
+    "Progress",
+    "encode_resend",
+    "follow_changelog",
+    "job_progress",
+    "new_job_id",
+    "parse_command",
+]
 
 RESEND = "resend"
 # A command is a small JSON object; anything larger is not one of ours.
@@ -86,84 +91,53 @@ def new_job_id() -> str:
     return f"resend-{uuid.uuid4().hex[:12]}"
 
 
-# -- the command's side -----------------------------------------------------------------
-
-
-async def send_resend(
-    producer: Any, topic: str, partitions: Sequence[int], value: bytes, key: bytes
-) -> dict[int, int]:
-    """Writes the command to each partition; returns its offset in each."""
-    sent = await asyncio.gather(
-        *[await producer.send(topic, value, key=key, partition=p) for p in partitions]
-    )
-    return {p: metadata.offset for p, metadata in zip(partitions, sent, strict=True)}
-
-
-async def wait_taken(
-    admin: Any,
-    group: str,
-    topic: str,
-    offsets: dict[int, int],
-    deadline: float,
-    progress: Callable[[int, int], None],
-) -> bool:
-    """Waits until the group committed past the command in every partition."""
-    from aiokafka import TopicPartition
-
-    shown = -1
-    while True:
-        committed = await admin.list_consumer_group_offsets(group)
-        taken = sum(
-            1
-            for p, offset in offsets.items()
-            if (meta := committed.get(TopicPartition(topic, p))) is not None
-            and meta.offset > offset
-        )
-        if taken != shown:
-            progress(taken, len(offsets))
-            shown = taken
-        if taken == len(offsets):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.5)
+# -- following a request -------------------------------------------------------------
 
 
 def follow_changelog(
-    states: dict[int, dict[str, Any]], key: bytes | None, value: bytes | None, destination: str
+    states: dict[int, Activation], key: bytes | None, value: bytes | None, destination: str
 ) -> None:
     """Applies one message of the activations changelog to ``states``: the latest
-    activation of ``destination`` per partition (the table's JSON key is
-    "<partition>/<destination name>")."""
-    if key is None:
-        return
+    activation of ``destination`` per partition. What is not one is skipped."""
     try:
-        name = orjson.loads(key)
-        partition, _, dest = name.partition("/")
-        if dest != destination:
+        name = orjson.loads(key) if key is not None else None
+        partition, dest = split_key(name) if isinstance(name, str) else (None, None)
+        if partition is None or dest != destination:
             return
         if value is None:
-            states.pop(int(partition), None)
-            return
-        state = orjson.loads(value)
-        if isinstance(state, dict):
-            states[int(partition)] = state
-    except (orjson.JSONDecodeError, AttributeError, ValueError):
+            states.pop(partition, None)
+        else:
+            states[partition] = activation_from_json(orjson.loads(value))
+    except (orjson.JSONDecodeError, ValueError):
         return
 
 
-def job_progress(states: dict[int, dict[str, Any]], job_id: str) -> tuple[int, int, int]:
-    """(partitions done, records sent, records known in total) of ``job_id``."""
-    done = sent = total = 0
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a request stands in the partitions whose activation was read."""
+
+    done: int  # partitions that finished it
+    pending: int  # partitions that hold it, not finished
+    sent: int  # records sent, in both
+    total: int  # records known to send, in both
+
+    @property
+    def taken(self) -> int:
+        return self.done + self.pending
+
+
+def job_progress(states: dict[int, Activation], job_id: str) -> Progress:
+    done = pending = sent = total = 0
     for state in states.values():
-        finished = [count for i, count in state.get("done", ()) if i == job_id]
+        finished = [count for i, count in state.done if i == job_id]
         if finished:
             done += 1
-            sent += int(finished[0])
-            total += int(finished[0])
+            sent += finished[0]
+            total += finished[0]
             continue
-        for job in state.get("jobs", ()):
-            if job.get("id") == job_id:
-                sent += int(job.get("sent") or 0)
-                total += int(job.get("total") or 0)
-    return done, sent, total
+        for job in state.jobs:
+            if job.id == job_id:
+                pending += 1
+                sent += job.sent
+                total += job.total or job.sent
+    return Progress(done, pending, sent, total)

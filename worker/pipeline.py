@@ -136,6 +136,14 @@ class _Profile:
         return value
 
 
+def stored_identities(stored: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A stored profile's identities as its records carry them (``_Profile.identities``)."""
+    identities: dict[str, Any] | None = stored.get("identityMap") or stored.get(
+        "rememberedIdentityMap"
+    )
+    return identities
+
+
 _PROFILE_FIELDS = tuple(f.name for f in fields(_Profile))
 # What the profile table stores, with its place in a snapshot.
 _STORED_PROFILE_FIELDS = tuple(

@@ -1,38 +1,37 @@
 """`python -m worker resend`: ask the running workers to send a destination's
 current members again (worker.control carries the request).
 
-Prints one line per step on stdout; exit codes: 0 taken (with ``--wait``:
-done), 1 Kafka unreachable or the control topic missing, 2 invalid
-configuration or arguments (raised as ConfigError), 3 not taken (or not done)
-within ``--timeout``.
+Prints one line per step on stdout. Exit codes: 0 taken (with ``--wait``:
+done); 1 Kafka unreachable or the control topic missing; 2 invalid
+configuration or arguments (raised as ConfigError); 3 not taken (or not done)
+within ``--timeout``; 4 refused by a worker whose configuration lacks the
+destination or a segment (the dead-letter topic says which).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from worker.control import (
-    encode_resend,
-    follow_changelog,
-    job_progress,
-    new_job_id,
-    send_resend,
-    wait_taken,
-)
+from worker.activation import Activation
+from worker.control import encode_resend, follow_changelog, job_progress, new_job_id
 from worker.kafka_client import kafka_client_kwargs
 from worker.settings import ConfigError, Settings
 
 EXIT_UNREACHABLE = 1
 EXIT_TIMEOUT = 3
+EXIT_REFUSED = 4
 TAKEN_TIMEOUT_S = 120.0
 PROGRESS_EVERY_S = 5.0
+
+Say = Callable[[str], None]
 
 
 def check_request(settings: Settings, destination: str, segments: Sequence[str]) -> None:
@@ -57,8 +56,8 @@ async def resend(
     check_request(settings, destination, segments)
     kafka = settings.kafka
     topic = settings.control_topic
-    if timeout_s is None:
-        timeout_s = None if wait else TAKEN_TIMEOUT_S
+    if timeout_s is None and not wait:
+        timeout_s = TAKEN_TIMEOUT_S
     deadline = float("inf") if timeout_s is None else time.monotonic() + timeout_s
 
     def say(line: str) -> None:
@@ -69,42 +68,41 @@ async def resend(
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", **kwargs)
     try:
         await admin.start()
-        await producer.start()
-        described = await admin.describe_topics([topic])
-        if not described or described[0]["error_code"] != 0 or not described[0]["partitions"]:
+        # Listed before described: a metadata request for a missing topic could
+        # create it on a broker that creates topics on demand.
+        changelog = f"{settings.app_id}-activations-changelog"
+        existing = await admin.list_topics()
+        if topic not in existing or changelog not in existing:
             say(
                 f"error: control topic {topic!r} does not exist: start a worker of this "
                 "configuration first (it creates the topic)"
             )
             return EXIT_UNREACHABLE
-        partitions = sorted(p["partition"] for p in described[0]["partitions"])
+        described = {e["topic"]: e for e in await admin.describe_topics([topic, changelog])}
+        partitions = sorted(p["partition"] for p in described[topic]["partitions"])
+        await producer.start()
         job_id = new_job_id()
         value = encode_resend(job_id, destination, list(segments) or None)
-        offsets = await send_resend(producer, topic, partitions, value, destination.encode())
+        sent = await asyncio.gather(
+            *[
+                await producer.send(topic, value, key=destination.encode(), partition=p)
+                for p in partitions
+            ]
+        )
+        offsets = {p: metadata.offset for p, metadata in zip(partitions, sent, strict=True)}
         what = f"segments {list(segments)}" if segments else "every mapped segment"
         say(
             f"{job_id}: re-send of {destination!r} ({what}) sent to {len(partitions)} "
             f"partition(s) of {topic}"
         )
-
-        def taken(count: int, total: int) -> None:
-            say(f"{job_id}: taken by {count}/{total} partition(s)")
-
-        if not await wait_taken(admin, settings.app_id, topic, offsets, deadline, taken):
+        if not await _wait_taken(admin, settings.app_id, topic, offsets, deadline, job_id, say):
             say(
                 f"{job_id}: not taken by every partition within {timeout_s:.0f}s; are workers "
                 f"with app_id {settings.app_id!r} running? (the request stays queued)"
             )
             return EXIT_TIMEOUT
-        if not wait:
-            say(f"{job_id}: taken; the workers send the members now (--wait follows them)")
-            return 0
-        changelog = f"{settings.app_id}-activations-changelog"
-        (entry,) = await admin.describe_topics([changelog])
-        changelog_partitions = [p["partition"] for p in entry["partitions"]]
-        return await _wait_done(
-            settings, job_id, destination, len(partitions), changelog_partitions, deadline, say
-        )
+        follower = _Follower(settings, changelog, described[changelog], destination)
+        return await follower.run(job_id, len(partitions), wait, deadline, say)
     except KafkaError as exc:
         say(f"error: kafka: {exc!r}")
         return EXIT_UNREACHABLE
@@ -113,53 +111,108 @@ async def resend(
         await admin.close()
 
 
-async def _wait_done(
-    settings: Settings,
-    job_id: str,
-    destination: str,
-    partitions: int,
-    changelog_partitions: Sequence[int],
+async def _wait_taken(
+    admin: Any,
+    group: str,
+    topic: str,
+    offsets: dict[int, int],
     deadline: float,
-    say: Any,
-) -> int:
-    """Follows the activations changelog until every partition finished the job."""
-    kafka = settings.kafka
-    changelog = f"{settings.app_id}-activations-changelog"
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        enable_auto_commit=False,
-        **kafka_client_kwargs(kafka),
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(changelog, p) for p in changelog_partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        states: dict[int, dict[str, Any]] = {}
-        shown: tuple[int, int, int] | None = None
-        shown_at = 0.0
-        while True:
-            fetched = await consumer.getmany(timeout_ms=1000)
-            for records in fetched.values():
-                for record in records:
-                    follow_changelog(states, record.key, record.value, destination)
-            progress = job_progress(states, job_id)
-            done, sent, total = progress
-            if done >= partitions:
-                say(f"{job_id}: done in {done}/{partitions} partition(s): {sent} record(s) sent")
+    job_id: str,
+    say: Say,
+) -> bool:
+    """Waits until the group committed past the request in every partition."""
+    shown = -1
+    while True:
+        committed = await admin.list_consumer_group_offsets(group)
+        taken = sum(
+            1
+            for p, offset in offsets.items()
+            if (meta := committed.get(TopicPartition(topic, p))) is not None
+            and meta.offset > offset
+        )
+        if taken != shown:
+            say(f"{job_id}: taken by {taken}/{len(offsets)} partition(s)")
+            shown = taken
+        if taken == len(offsets):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.5)
+
+
+class _Follower:
+    """Reads the activations changelog: a taken request is there (its state is
+    written before its offset is committed), pending or done, unless the
+    worker refused it."""
+
+    def __init__(
+        self, settings: Settings, changelog: str, described: Any, destination: str
+    ) -> None:
+        self._settings = settings
+        self._tps = [TopicPartition(changelog, p["partition"]) for p in described["partitions"]]
+        self._destination = destination
+        self._states: dict[int, Activation] = {}
+
+    async def run(self, job_id: str, partitions: int, wait: bool, deadline: float, say: Say) -> int:
+        kafka = self._settings.kafka
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            **kafka_client_kwargs(kafka),
+        )
+        await consumer.start()
+        try:
+            consumer.assign(self._tps)
+            await consumer.seek_to_beginning(*self._tps)
+            await self._read_to_end(consumer)
+            progress = job_progress(self._states, job_id)
+            if progress.taken < partitions:
+                refused = partitions - progress.taken
+                say(
+                    f"{job_id}: refused in {refused}/{partitions} partition(s): a worker there "
+                    f"does not map what was asked; the dead-letter topic "
+                    f"{kafka.dlq_topic!r} says why"
+                )
+                return EXIT_REFUSED
+            if not wait:
+                say(f"{job_id}: taken; the workers send the members now (--wait follows them)")
                 return 0
-            now = time.monotonic()
-            if progress != shown and now - shown_at >= PROGRESS_EVERY_S:
-                say(
-                    f"{job_id}: {done}/{partitions} partition(s) done, {sent}/{total} record(s) "
-                    "sent so far"
-                )
-                shown, shown_at = progress, now
-            if now > deadline:
-                say(
-                    f"{job_id}: not done within the timeout ({done}/{partitions} partitions); "
-                    "the workers go on with it"
-                )
-                return EXIT_TIMEOUT
-    finally:
-        await consumer.stop()
+            shown_at = 0.0
+            while True:
+                progress = job_progress(self._states, job_id)
+                if progress.done >= partitions:
+                    say(
+                        f"{job_id}: done in {progress.done}/{partitions} partition(s): "
+                        f"{progress.sent} record(s) sent"
+                    )
+                    return 0
+                now = time.monotonic()
+                if now - shown_at >= PROGRESS_EVERY_S:
+                    say(
+                        f"{job_id}: {progress.done}/{partitions} partition(s) done, "
+                        f"{progress.sent}/{progress.total} record(s) sent so far"
+                    )
+                    shown_at = now
+                if now > deadline:
+                    say(
+                        f"{job_id}: not done within the timeout ({progress.done}/{partitions} "
+                        "partitions); the workers go on with it"
+                    )
+                    return EXIT_TIMEOUT
+                await self._read(consumer, 1000)
+        finally:
+            await consumer.stop()
+
+    async def _read(self, consumer: Any, timeout_ms: int) -> None:
+        fetched = await consumer.getmany(timeout_ms=timeout_ms)
+        for records in fetched.values():
+            for record in records:
+                follow_changelog(self._states, record.key, record.value, self._destination)
+
+    async def _read_to_end(self, consumer: Any) -> None:
+        ends = await consumer.end_offsets(self._tps)
+        while True:
+            positions = [await consumer.position(tp) for tp in ends]
+            if all(p >= end for p, end in zip(positions, ends.values(), strict=True)):
+                return
+            await self._read(consumer, 500)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 # The Faust tables, whose changelog topics are "<app_id>-<table>-changelog".
 TABLES = ("profiles", "memberships", "activations")
-# Commands are short-lived: an old one read by a new app_id must not run again.
+# Commands are short-lived: kept a week, so that a new app_id on a
+# "<app_id>-control" of its own starts with none, and a shared one holds few.
 CONTROL_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 

@@ -250,3 +250,32 @@ def test_a_control_topic_of_another_partition_count_stops_the_worker(
         assert worker.process.wait(60) == 2
         assert "app_id: the control topic" in worker.log()
         assert "has 2 partitions but the input topics have 3" in worker.log()
+
+
+def test_resend_says_when_a_worker_refuses_it(stack: Stack, tmp_path: Path) -> None:
+    """The command's configuration maps a segment the running worker does not
+    (a rolling update under way): the worker dead-letters the request, and the
+    command says so instead of waiting for ever."""
+    with Deployment(
+        stack, unique("it-resend-refused"), tmp_path, destinations=one_stream("Resend", [SEG_A])
+    ) as deployment:
+        worker = deployment.worker()
+        worker.start()
+        newer = deployment.config()
+        newer["destinations"][0]["segments"].append({"id": SEG_B})
+        config = deployment.write_config("newer.yaml", newer)
+        result, _ = cli(
+            "resend",
+            "--config",
+            str(config),
+            "--destination",
+            "Resend",
+            "--segment",
+            SEG_B,
+            "--wait",
+            "--timeout",
+            "60",
+        )
+        assert result.returncode == 4, result.stdout + result.stderr
+        assert "refused in 3/3 partition(s)" in result.stdout
+        assert worker.metric("kd_dead_letters_total", reason="unmapped_segment") == 3

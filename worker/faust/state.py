@@ -26,11 +26,23 @@ def table_size(table: Any) -> int:
     return len(store)
 
 
-def owned_partitions(app: Any, topic: str) -> frozenset[int] | None:
-    """The partitions of ``topic`` this worker owns as active, once their tables
-    are recovered; None while a rebalance or a recovery is under way (tables of
-    a newly owned partition are incomplete until then)."""
+def owned_partitions(app: Any, topic: str) -> tuple[int, frozenset[int]] | None:
+    """Faust's rebalance count and the partitions of ``topic`` this worker owns
+    as active, once their tables are recovered; None while a rebalance or a
+    recovery is under way (a newly owned partition's tables are incomplete
+    until then), or when one began while reading (Faust counts it from the
+    consumer's thread)."""
+    count = app.rebalancing_count
     if app.rebalancing or not app.tables.recovery.completed.is_set():
         return None
-    actives = app.assignor.assigned_actives()
-    return frozenset(tp.partition for tp in actives if tp.topic == topic)
+    owned = frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+    if app.rebalancing or app.rebalancing_count != count:
+        return None
+    return count, owned
+
+
+def rebalance_count(app: Any) -> int:
+    """Rebalances begun: what was read of a partition's tables before the last
+    one may have been changed by another worker since."""
+    count: int = app.rebalancing_count
+    return count

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +44,8 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 from faust.serializers import codecs
 from faust.streams import _current_event
+
+from worker.activation import activation_key
 
 
 @contextmanager
@@ -91,10 +93,6 @@ class FaustTables:
         self.activations = activations
         self._producer = producer  # Faust's Producer; its aiokafka producer once started
         self._pending: dict[TopicPartition, _Changes] = {}
-        # The partition of each profile id written here: the memory store knows
-        # only those it recovered (Store._key_partition).
-        self._partition_of: dict[str, int] = {}
-        self._index_partitions = not hasattr(memberships.data, "_dbs")  # RocksDB has its own
         # What Faust's Registry.dumps_key/dumps_value come down to for a str key
         # and a dict value with the table's serializers: the codecs' dumps.
         self._codecs = {
@@ -168,19 +166,20 @@ class FaustTables:
             value: dict[str, Any] | None = self.memberships.data.get(profile_id)
             return value
 
-    def member_ids(self, partition: int) -> list[str]:
-        """The profile ids the memberships table holds in ``partition`` (any order)."""
+    def member_ids(self, partitions: Collection[int]) -> dict[int, list[str]]:
+        """The profile ids the memberships table holds in each of ``partitions``."""
         store = self.memberships.data
-        dbs = getattr(store, "_dbs", None)
-        if dbs is not None:  # RocksDB: one database per partition
-            db = dbs.get(partition)
-            if db is None:
-                return []
-            return [store._decode_key(key) for key in store._visible_keys(db)]
-        held = store.data  # the memory store's dict
-        found = {k for k, p in store._key_partition.items() if p == partition and k in held}
-        found.update(k for k, p in self._partition_of.items() if p == partition and k in held)
-        return list(found)
+        found: dict[int, list[str]] = {p: [] for p in partitions}
+        if hasattr(store, "_dbs"):  # RocksDB: one database per partition
+            for partition in partitions:
+                db = store._db_for_partition(partition)
+                found[partition] = [store._decode_key(key) for key in store._visible_keys(db)]
+            return found
+        held = store.data  # the memory store's dict; its partition index, see _put
+        for key, partition in store._key_partition.items():
+            if partition in found and key in held:
+                found[partition].append(key)
+        return found
 
     @staticmethod
     def scope(partition: int) -> PartitionScope:
@@ -188,28 +187,27 @@ class FaustTables:
 
     def get_activation(self, destination: str, partition: int) -> dict[str, Any] | None:
         with event_scope(PartitionScope(partition)):
-            value: dict[str, Any] | None = self.activations.data.get(f"{partition}/{destination}")
+            value: dict[str, Any] | None = self.activations.data.get(
+                activation_key(partition, destination)
+            )
             return value
 
     def put_activation(
         self, destination: str, value: dict[str, Any] | None, partition: int
     ) -> None:
-        self._put(self.activations, f"{partition}/{destination}", value, PartitionScope(partition))
+        key = activation_key(partition, destination)
+        self._put(self.activations, key, value, PartitionScope(partition))
 
     def put_profile(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
         self._put(self.profiles, profile_id, value, scope)
 
     def put_memberships(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
         self._put(self.memberships, profile_id, value, scope)
-        if self._index_partitions:
-            if value is None:
-                self._partition_of.pop(profile_id, None)
-            else:
-                self._partition_of[profile_id] = scope.message.partition
 
     def _put(self, table: Any, key: str, value: dict[str, Any] | None, scope: Any) -> None:
         """What ``table[key] = value`` (``table.pop(key, None)`` for None) does,
         with the changelog message kept for ``flush``."""
+        partition = scope.message.partition
         with event_scope(scope):
             if value is None:
                 if key not in table.data:
@@ -217,8 +215,18 @@ class FaustTables:
                 del table.data[key]
             else:
                 table.data[key] = value
+        index = getattr(table.data, "_key_partition", None)
+        if index is not None:
+            # The memory store's partition of each key, which it fills only from
+            # the changelog: with this, a revoked partition's keys written here
+            # are dropped with the recovered ones (Store.on_recovery_completed),
+            # not left stale, and member_ids finds them.
+            if value is None:
+                index.pop(key, None)
+            else:
+                index[key] = partition
         topic, dump_key, dump_value = self._codecs[id(table)]
-        tp = TopicPartition(topic, scope.message.partition)
+        tp = TopicPartition(topic, partition)
         message = (dump_key(key), None if value is None else dump_value(value))
         changes = self._pending.get(tp)
         if changes is None:

@@ -73,11 +73,8 @@ class DestinationSettings(Strict):
     partition_key_namespaces: list[str] = Field(default_factory=list)
     segments: list[SegmentSettings] = Field(min_length=1)
     attributes: list[str] = Field(default_factory=list)
-    # Send the current members of a segment when it becomes mapped here (and of
-    # every segment, for a new destination): docs/operations.md, "Backfill".
-    backfill: bool = True
-    # The share of each shard's records/s limit that backfill and re-send may
-    # use, so that live records keep flowing.
+    # The share of the stream's records/s limit (per shard, times the shards)
+    # that backfill and re-send may use, so that live records keep flowing.
     backfill_share: float = Field(default=0.5, gt=0, le=1)
     # Write limits per shard (provisioned streams: 1,000 records/s, 1 MiB/s);
     # 0 turns a limit off, e.g. for on-demand streams.
