@@ -59,6 +59,7 @@ class CountingKinesis(InstantKinesis):
     def __init__(self) -> None:
         super().__init__(latency=False)
         self.live_ms: list[float] = []
+        self.live_at: list[float] = []  # monotonic receive time of each live record
         self.backfilled = 0
         self.backfill_first = 0.0
         self.backfill_last = 0.0
@@ -69,6 +70,7 @@ class CountingKinesis(InstantKinesis):
             sent = data.get("identityMap", {}).get("bench")
             if sent:
                 self.live_ms.append((now_ns - int(sent[0]["id"])) / 1e6)
+                self.live_at.append(now)
             else:
                 self.backfilled += 1
                 self.backfill_first = self.backfill_first or now
@@ -154,6 +156,16 @@ def phase(
             time.sleep(0.2)
     finally:
         worker.stop()
+    if os.environ.get("BENCH_LATENCY_DUMP"):
+        # (seconds since the first live record, latency ms, backfill span) for a look by hand
+        first = kinesis.live_at[0] if kinesis.live_at else 0.0
+        dump = {
+            "live": [
+                (at - first, ms) for at, ms in zip(kinesis.live_at, kinesis.live_ms, strict=True)
+            ],
+            "backfill": (kinesis.backfill_first - first, kinesis.backfill_last - first),
+        }
+        Path(f"{os.environ['BENCH_LATENCY_DUMP']}.{name}.json").write_bytes(orjson.dumps(dump))
     ordered = sorted(kinesis.live_ms)
     span = kinesis.backfill_last - kinesis.backfill_first
     return {
@@ -184,7 +196,8 @@ def main() -> None:
     paced = not args.unpaced
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
+            workdir = Path(os.environ.get("BENCH_KEEP") or tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
             members = [
                 (
                     topics.qualifications,

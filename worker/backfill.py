@@ -364,6 +364,8 @@ class Backfiller:
         for index in range(len(self._destinations)):
             if self._has_work(index) and self._wait(index, now) == 0.0:
                 await self._slice(index)
+            if self._generation is None:
+                return  # a partition moved meanwhile
         self._report(now)
 
     def _still_owned(self, partition: int) -> bool:
@@ -445,7 +447,9 @@ class Backfiller:
             metrics.ACTIVATION_SENT.labels(**labels, kind=job.kind).inc(count)
             metrics.EXPORTS.labels(**labels, status=job.kind).inc(count)
             if not self._still_owned(partition):
-                self._generation = None  # planned again, from what the new owner stored
+                # Planned again, from what the new owner stores; nothing more is
+                # read or written here for the partitions held until then.
+                self._generation, self._partitions = None, frozenset()
                 continue
             activation = self._activations.get(index, partition)
             work = self._passes[index, partition, job.id]
@@ -501,14 +505,7 @@ class Backfiller:
             if job.cursor is not None and profile_id <= job.cursor:
                 continue
             stored = self._tables.get_memberships(profile_id, scope)
-            if not stored:
-                continue
-            try:
-                held = memberships_from_json(stored)
-            except ValueError:
-                members.append(profile_id)  # the slice dead-letters it, with the reason
-                continue
-            if any(held[s].member for s in job.segments if s in held):
+            if stored and _member_of_any(stored, job.segments):
                 members.append(profile_id)
         members.sort(reverse=True)
         work = _Pass(members, job.sent + len(members))
@@ -585,6 +582,24 @@ class Backfiller:
             )
         self._reported = {key: done for key, (jobs, done, _) in progress.items() if jobs}
         self._reported_at = now
+
+
+def _member_of_any(stored: dict[str, Any], segments: frozenset[str]) -> bool:
+    """Whether stored memberships (their JSON: ``[member, time]`` per segment) hold
+    one of ``segments``; read without decoding them all, since a listing reads
+    every profile of a partition. What is not that JSON counts as a member: the
+    slice decodes it and dead-letters it with the reason."""
+    if not isinstance(stored, dict):
+        return True
+    for segment in segments:
+        value = stored.get(segment)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not value or not isinstance(value[0], bool):
+            return True
+        if value[0]:
+            return True
+    return False
 
 
 def _letter(

@@ -16,15 +16,18 @@ from worker.activation import (
     Activation,
     Job,
     activation_from_json,
+    activation_key,
     activation_to_json,
     plan,
     request,
+    split_key,
 )
 from worker.vocabulary import JobKind
 
 T0 = 1_700_000_000.0
 T1 = T0 + 60.5
 A, B, C, D = "seg-a", "seg-b", "seg-c", "seg-d"
+JOB = "backfill-1"  # the id plan() gives a new backfill job
 
 
 def _segs(*ids: str) -> frozenset[str]:
@@ -39,91 +42,103 @@ def _resend(job_id: str, *segments: str, sent: int = 0) -> Job:
 
 
 def test_never_seen_destination_backfills_every_mapped_segment() -> None:
-    activation = plan(None, _segs(A, B), T0)
+    activation = plan(None, _segs(A, B), T0, JOB)
     assert activation is not None
     assert activation.active == _segs(A, B)
     assert activation.since == T0
     assert activation.done == ()
+    assert activation.jobs == (Job(JOB, JobKind.BACKFILL, _segs(A, B), T0),)
     [job] = activation.jobs
-    assert job == Job(job.id, JobKind.BACKFILL, _segs(A, B), T0)
-    assert job.id.startswith("backfill-")
     assert job.cursor is None
     assert job.sent == 0
     assert job.total is None
 
 
-def test_never_seen_destination_without_backfill_has_no_job() -> None:
-    assert plan(None, _segs(A, B), T0, backfill=False) == Activation(_segs(A, B), T0)
-
-
-@pytest.mark.parametrize("backfill", [True, False])
-def test_never_seen_destination_mapping_nothing_has_no_job(backfill: bool) -> None:
-    assert plan(None, frozenset(), T0, backfill=backfill) == Activation(frozenset(), T0)
-
-
-def test_backfill_job_ids_are_unique_even_at_the_same_time() -> None:
-    first, second = plan(None, _segs(A), 1234.5), plan(None, _segs(A), 1234.5)
+def test_the_backfill_job_has_the_id_given() -> None:
+    first, second = plan(None, _segs(A), T0, "job-x"), plan(None, _segs(A), T0, "job-y")
     assert first is not None
     assert second is not None
-    assert first.jobs[0].id != second.jobs[0].id
-    assert all(a.jobs[0].id.startswith("backfill-") for a in (first, second))
+    assert [job.id for job in first.jobs] == ["job-x"]
+    assert [job.id for job in second.jobs] == ["job-y"]
+
+
+def test_adopting_a_never_seen_destination_takes_the_mapping_with_no_job() -> None:
+    assert plan(None, _segs(A, B), T0, JOB, adopt=True) == Activation(_segs(A, B), T0)
+
+
+@pytest.mark.parametrize("adopt", [True, False])
+def test_never_seen_destination_mapping_nothing_has_no_job(adopt: bool) -> None:
+    assert plan(None, frozenset(), T0, JOB, adopt=adopt) == Activation(frozenset(), T0)
 
 
 # --- plan: a known destination ----------------------------------------------------
 
 
-@pytest.mark.parametrize("backfill", [True, False])
+@pytest.mark.parametrize("adopt", [True, False])
 @pytest.mark.parametrize("mapped", [frozenset(), _segs(A), _segs(A, B)])
-def test_unchanged_mapping_needs_no_new_activation(mapped: frozenset[str], backfill: bool) -> None:
+def test_unchanged_mapping_needs_no_new_activation(mapped: frozenset[str], adopt: bool) -> None:
     current = Activation(mapped, T0, jobs=(_resend("r1", *mapped),), done=(("old", 3),))
-    assert plan(current, mapped, T1, backfill=backfill) is None
+    assert plan(current, mapped, T1, JOB, adopt=adopt) is None
 
 
-def test_a_planned_activation_is_stable() -> None:
-    first = plan(None, _segs(A, B), T0)
+@pytest.mark.parametrize("adopt", [True, False])
+def test_a_planned_activation_is_stable(adopt: bool) -> None:
+    first = plan(None, _segs(A, B), T0, JOB, adopt=adopt)
     assert first is not None
-    assert plan(first, _segs(A, B), T1) is None
+    assert plan(first, _segs(A, B), T1, "backfill-2") is None
 
 
 def test_added_segments_are_backfilled_alone() -> None:
     current = Activation(_segs(A), T0, done=(("old", 3),))
-    updated = plan(current, _segs(A, B, C), T1)
+    updated = plan(current, _segs(A, B, C), T1, JOB)
     assert updated is not None
     assert updated.active == _segs(A, B, C)
     assert updated.since == T1
     assert updated.done == (("old", 3),)
-    [job] = updated.jobs
-    assert job == Job(job.id, JobKind.BACKFILL, _segs(B, C), T1)
+    assert updated.jobs == (Job(JOB, JobKind.BACKFILL, _segs(B, C), T1),)
 
 
-def test_added_segments_without_backfill_have_no_job() -> None:
+def test_adopt_does_not_apply_to_a_known_destination() -> None:
+    """Only a destination never seen is adopted: once known, a segment added to
+    it is always backfilled."""
     current = Activation(_segs(A), T0)
-    assert plan(current, _segs(A, B), T1, backfill=False) == Activation(_segs(A, B), T1)
+    assert plan(current, _segs(A, B), T1, JOB, adopt=True) == Activation(
+        _segs(A, B), T1, jobs=(Job(JOB, JobKind.BACKFILL, _segs(B), T1),)
+    )
+
+
+def test_a_known_destination_mapping_nothing_before_backfills_all() -> None:
+    current = Activation(frozenset(), T0)
+    updated = plan(current, _segs(A, B), T1, JOB)
+    assert updated == Activation(
+        _segs(A, B), T1, jobs=(Job(JOB, JobKind.BACKFILL, _segs(A, B), T1),)
+    )
 
 
 def test_added_segments_are_backfilled_after_the_pending_jobs() -> None:
     pending = Job("backfill-1", JobKind.BACKFILL, _segs(A), T0, cursor="p-9", sent=9, total=20)
     resend = _resend("r1", A)
     current = Activation(_segs(A), T0, jobs=(pending, resend))
-    updated = plan(current, _segs(A, B), T1)
+    updated = plan(current, _segs(A, B), T1, "backfill-2")
     assert updated is not None
-    assert [job.id for job in updated.jobs][:2] == ["backfill-1", "r1"]
-    assert updated.jobs[2].kind == JobKind.BACKFILL
     # the pending jobs are kept as they are, progress included
-    assert updated.jobs[:2] == (pending, resend)
-    assert updated.jobs[2].segments == _segs(B)
+    assert updated.jobs == (
+        pending,
+        resend,
+        Job("backfill-2", JobKind.BACKFILL, _segs(B), T1),
+    )
 
 
 def test_removed_segments_are_dropped_and_nothing_is_sent_for_them() -> None:
     current = Activation(_segs(A, B, C), T0)
-    updated = plan(current, _segs(A), T1)
+    updated = plan(current, _segs(A), T1, JOB)
     assert updated == Activation(_segs(A), T1)
 
 
 def test_removed_segments_leave_the_pending_jobs() -> None:
     job = Job("backfill-1", JobKind.BACKFILL, _segs(A, B, C), T0, cursor="p-4", sent=4, total=10)
     current = Activation(_segs(A, B, C), T0, jobs=(job, _resend("r1", B, C)))
-    updated = plan(current, _segs(A, C), T1)
+    updated = plan(current, _segs(A, C), T1, JOB)
     assert updated is not None
     assert updated.active == _segs(A, C)
     assert updated.jobs == (
@@ -140,7 +155,7 @@ def test_a_job_left_with_no_segment_is_finished_with_what_it_sent() -> None:
         jobs=(_resend("r1", B, sent=7), _resend("r2", A, B, sent=2), _resend("r3", B)),
         done=(("old", 1),),
     )
-    updated = plan(current, _segs(A), T1)
+    updated = plan(current, _segs(A), T1, JOB)
     assert updated is not None
     assert updated.jobs == (_resend("r2", A, sent=2),)
     assert updated.done == (("old", 1), ("r1", 7), ("r3", 0))
@@ -150,24 +165,25 @@ def test_a_job_left_with_no_segment_is_finished_with_what_it_sent() -> None:
 
 def test_added_and_removed_at_once() -> None:
     current = Activation(_segs(A, B), T0, jobs=(_resend("r1", B, sent=5),))
-    updated = plan(current, _segs(A, C), T1)
-    assert updated is not None
-    assert updated.active == _segs(A, C)
-    assert updated.done == (("r1", 5),)
-    [job] = updated.jobs
-    assert (job.kind, job.segments, job.started) == (JobKind.BACKFILL, _segs(C), T1)
+    updated = plan(current, _segs(A, C), T1, JOB)
+    assert updated == Activation(
+        _segs(A, C),
+        T1,
+        jobs=(Job(JOB, JobKind.BACKFILL, _segs(C), T1),),
+        done=(("r1", 5),),
+    )
 
 
 def test_unmapping_everything_finishes_every_job() -> None:
     current = Activation(_segs(A, B), T0, jobs=(_resend("r1", A, sent=1), _resend("r2", B)))
-    updated = plan(current, frozenset(), T1)
+    updated = plan(current, frozenset(), T1, JOB)
     assert updated == Activation(frozenset(), T1, done=(("r1", 1), ("r2", 0)))
 
 
 def test_plan_does_not_change_its_input() -> None:
     jobs = (_resend("r1", A, B),)
     current = Activation(_segs(A, B), T0, jobs=jobs, done=(("old", 1),))
-    plan(current, _segs(A, C), T1)
+    plan(current, _segs(A, C), T1, JOB)
     assert current == Activation(_segs(A, B), T0, jobs=jobs, done=(("old", 1),))
 
 
@@ -175,7 +191,7 @@ def test_plan_keeps_at_most_kept_done_finished_jobs() -> None:
     done = tuple((f"old-{i}", i) for i in range(KEPT_DONE))
     jobs = tuple(_resend(f"r{i}", B, sent=i) for i in range(3))
     current = Activation(_segs(A, B), T0, jobs=jobs, done=done)
-    updated = plan(current, _segs(A), T1)
+    updated = plan(current, _segs(A), T1, JOB)
     assert updated is not None
     assert len(updated.done) == KEPT_DONE
     # the oldest go first; the newly finished are last, in job order
@@ -225,9 +241,44 @@ def test_request_done_is_not_taken_twice() -> None:
 
 
 def test_request_with_a_backfill_id_is_not_taken() -> None:
-    current = plan(None, _segs(A), T0)
+    current = plan(None, _segs(A), T0, JOB)
     assert current is not None
-    assert request(current, current.jobs[0].id, _segs(A), T1) is None
+    assert request(current, JOB, _segs(A), T1) is None
+
+
+# --- keys of the activations table --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("partition", "destination", "key"),
+    [
+        (0, "Dest One", "0/Dest One"),
+        (17, "d", "17/d"),
+        (3, "a/b", "3/a/b"),  # a name may hold a slash: the first one splits
+        (2, "", "2/"),  # the partition's "planned" marker
+        (1, "Zielort ☃", "1/Zielort ☃"),
+    ],
+)
+def test_activation_key_and_split_key(partition: int, destination: str, key: str) -> None:
+    assert activation_key(partition, destination) == key
+    assert split_key(key) == (partition, destination)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("3", id="no-slash"),
+        pytest.param("Dest One", id="name-only"),
+        pytest.param("/Dest One", id="partition-empty"),
+        pytest.param("x/Dest One", id="partition-not-a-number"),
+        pytest.param("1.5/Dest One", id="partition-fraction"),
+        pytest.param("one/Dest One", id="partition-word"),
+    ],
+)
+def test_split_key_refuses_what_is_not_a_key(key: str) -> None:
+    with pytest.raises(ValueError, match=r"not an activation key|invalid literal for int"):
+        split_key(key)
 
 
 # --- Activation methods --------------------------------------------------------------
@@ -503,14 +554,18 @@ _mappings = st.frozensets(_names)
 
 
 @given(_mappings, st.lists(_mappings, max_size=6), st.booleans())
-def test_plan_invariants(
-    first: frozenset[str], changes: list[frozenset[str]], backfill: bool
-) -> None:
-    activation = plan(None, first, T0, backfill=backfill)
+def test_plan_invariants(first: frozenset[str], changes: list[frozenset[str]], adopt: bool) -> None:
+    activation = plan(None, first, T0, "backfill-0", adopt=adopt)
     assert activation is not None
+    assert activation.active == first
+    # adopted: nothing to send; otherwise one backfill of everything mapped, if any
+    assert [job.segments for job in activation.jobs] == ([] if adopt or not first else [first])
     for step, mapped in enumerate(changes, start=1):
         now = T0 + step
-        updated = plan(activation, mapped, now, backfill=backfill)
+        job_id = f"backfill-{step}"
+        # adopt only applies to a destination never seen: it changes nothing here
+        updated = plan(activation, mapped, now, job_id, adopt=adopt)
+        assert updated == plan(activation, mapped, now, job_id)
         if mapped == activation.active:
             assert updated is None
             continue
@@ -523,14 +578,20 @@ def test_plan_invariants(
         # no job is lost: every job is still pending or finished
         for job in activation.jobs:
             assert updated.knows(job.id)
-        # a newly mapped segment is in a pending job (when backfilling)
+        # the newly mapped segments, and only they, are in a new backfill job, last
         added = mapped - activation.active
-        covered = frozenset().union(*(job.segments for job in updated.jobs))
-        if backfill:
-            assert added <= covered
+        new = [job for job in updated.jobs if job.id == job_id]
+        if added:
+            assert new == [Job(job_id, JobKind.BACKFILL, added, now)]
+            assert updated.jobs[-1] == new[0]
         else:
-            assert updated.jobs == ()  # nothing but backfills here, and none is planned
+            assert new == []
         activation = updated
+
+
+@given(st.integers(min_value=0, max_value=10_000), _ids)
+def test_split_key_inverts_activation_key(partition: int, destination: str) -> None:
+    assert split_key(activation_key(partition, destination)) == (partition, destination)
 
 
 def test_round_trip_keeps_float_precision() -> None:

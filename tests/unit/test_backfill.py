@@ -2,17 +2,19 @@
 
 Real ``RecordFormat`` and ``KinesisWriter`` objects put into the fake
 transports of test_pipeline; the tables are its dict-backed fake, extended
-with the activations and the members by partition; the clock is injected, so
-pacing and backoff are deterministic.
+with the activations and the members by partition; the clock, the rebalance
+count and the assignment are injected, so pacing, backoff and rebalances are
+deterministic.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
+import pydantic
 import pytest
 
 from tests.support import qualification
@@ -40,7 +42,8 @@ from tests.unit.test_pipeline import (
     ups,
 )
 from worker.activation import Activation, Job, activation_from_json, activation_to_json
-from worker.backfill import Activations, ActivationTables, Backfiller
+from worker.backfill import PLANNED, Activations, ActivationTables, Backfiller, new_backfill_id
+from worker.budget import MemoryBudget
 from worker.control import encode_resend
 from worker.kinesis import KinesisWriter, WriterConfig
 from worker.membership import SegmentState, memberships_to_json
@@ -67,7 +70,6 @@ def config(
     *,
     limit: int = 0,
     share: float = 0.5,
-    backfill: bool = True,
 ) -> Settings:
     """Destination one as in test_pipeline (names on, ecid then email keys); destination
     two (timestamps on, email keys) only when it maps segments. ``limit`` is each
@@ -81,7 +83,6 @@ def config(
             "partition_key_namespaces": ["ecid", "email_lc_sha256"],
             "segments": [{"id": s, "name": NAMES.get(s)} for s in one],
             "attributes": ["person.name.lastName", "personalEmail.address"],
-            "backfill": backfill,
             "backfill_share": share,
             "shard_records_per_s": limit,
         }
@@ -96,7 +97,6 @@ def config(
                 "partition_key_namespaces": ["email_lc_sha256"],
                 "segments": [{"id": s, **(B_SETTINGS if s == SEG_B else {})} for s in two],
                 "attributes": ["loyalty.tier"],
-                "backfill": backfill,
                 "backfill_share": share,
                 "shard_records_per_s": limit,
             }
@@ -115,21 +115,41 @@ def config(
 class Tables(FakeTables):
     """test_pipeline's tables plus what backfill needs: the partition of each
     profile (the scope of a message here is its partition number), the members
-    of a partition, and the activations table."""
+    of a partition, and the activations table.
 
-    def __init__(self) -> None:
+    ``planned``: the partitions whose "planned" marker is stored, as a version
+    that tracks activations leaves it: there a destination with no activation
+    is new, and backfills. A partition without it is adopted (an upgrade).
+    ``revoked``: partitions this worker's store no longer holds (the memory
+    store drops a moved partition's keys once the rebalance's recovery is done).
+    """
+
+    def __init__(self, planned: Iterable[int] = (0, 1)) -> None:
         super().__init__()
         self.partition_of: dict[str, int] = {}
         self.activations: dict[tuple[str, int], dict[str, Any]] = {}
         # (destination, partition, value, flushes before the write)
         self.activation_writes: list[tuple[str, int, dict[str, Any] | None, int]] = []
+        self.activation_reads: list[tuple[str, int]] = []
+        self.member_id_calls: list[tuple[int, ...]] = []
+        self.revoked: set[int] = set()
+        for partition in planned:
+            self.activations[PLANNED, partition] = {"since": 1.0}
 
-    def member_ids(self, partition: int) -> list[str]:
+    def member_ids(self, partitions: Collection[int]) -> dict[int, list[str]]:
+        self.member_id_calls.append(tuple(sorted(partitions)))
         # Any order, as the real tables: here the reverse of the ids' order.
-        return sorted(
-            (p for p in self.memberships if self.partition_of.get(p, 0) == partition),
-            reverse=True,
-        )
+        return {
+            partition: sorted(
+                (
+                    p
+                    for p in self.memberships
+                    if self.partition_of.get(p, 0) == partition and partition not in self.revoked
+                ),
+                reverse=True,
+            )
+            for partition in partitions
+        }
 
     def _check_scope(self, profile_id: str, scope: Any) -> None:
         if profile_id in self.partition_of:
@@ -137,11 +157,11 @@ class Tables(FakeTables):
 
     def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
         self._check_scope(profile_id, scope)
-        return super().get_profile(profile_id, scope)
+        return None if scope in self.revoked else super().get_profile(profile_id, scope)
 
     def get_memberships(self, profile_id: str, scope: Any) -> dict[str, Any] | None:
         self._check_scope(profile_id, scope)
-        return super().get_memberships(profile_id, scope)
+        return None if scope in self.revoked else super().get_memberships(profile_id, scope)
 
     def put_memberships(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
         assert isinstance(scope, int)
@@ -152,6 +172,9 @@ class Tables(FakeTables):
         return partition
 
     def get_activation(self, destination: str, partition: int) -> dict[str, Any] | None:
+        self.activation_reads.append((destination, partition))
+        if partition in self.revoked:
+            return None
         stored = self.activations.get((destination, partition))
         return copy.deepcopy(stored)
 
@@ -186,6 +209,10 @@ class Tables(FakeTables):
 
     def stored(self, destination: str = ONE, partition: int = 0) -> Activation:
         return activation_from_json(self.activations[destination, partition])
+
+    def writes_to(self, partition: int, since: int = 0) -> list[tuple[str, dict[str, Any] | None]]:
+        """The activation writes to ``partition`` (from the ``since``-th write on)."""
+        return [(d, v) for d, p, v, _ in self.activation_writes[since:] if p == partition]
 
 
 class ShardedTransport(FakeTransport):
@@ -233,8 +260,11 @@ class Rig:
         tables: Tables | None = None,
         *,
         partitions: Iterable[int] = (0,),
+        partition_count: int | None = None,
         transports: Sequence[FakeTransport] | None = None,
+        memory: MemoryBudget | None = None,
     ) -> None:
+        """``partition_count``: the input topics' partitions (default: those owned)."""
         self.settings = settings
         self.clock = Clock()
         self.tables = tables if tables is not None else Tables()
@@ -252,21 +282,36 @@ class Rig:
         self.destinations = [
             Destination(d, w) for d, w in zip(settings.destinations, self.writers, strict=True)
         ]
-        self.activations = Activations(self.destinations, self.tables, clock=self.clock)
-        tables_, letters, requests = _typed(self.tables, self.dead_letters, self.activations)
-        self.generation = 1
+        self.generation = 1  # the rebalance count
         self.partitions = frozenset(partitions)
         self.rebalancing = False
+        self.activations = Activations(
+            self.destinations, self.tables, lambda: self.generation, clock=self.clock
+        )
+        tables_, letters, requests = _typed(self.tables, self.dead_letters, self.activations)
         self.backfiller = Backfiller(
-            self.destinations, self.activations, tables_, letters, self.assignment, self.clock
+            self.destinations,
+            self.activations,
+            tables_,
+            letters,
+            self.assignment,
+            partition_count if partition_count is not None else len(self.partitions),
+            memory,
+            clock=self.clock,
         )
         self.processor = BatchProcessor(
             settings, self.destinations, self.tables, letters, activations=requests
         )
         self.offset = 0
+        self.writes_at_rebalance = 0  # activation writes before rebalance_during_put's
 
     def assignment(self) -> tuple[int, frozenset[int]] | None:
         return None if self.rebalancing else (self.generation, self.partitions)
+
+    def rebalance(self, partitions: Iterable[int]) -> None:
+        """A rebalance done: a new rebalance count, and the partitions owned now."""
+        self.generation += 1
+        self.partitions = frozenset(partitions)
 
     def records(self, index: int = 0) -> list[tuple[dict[str, Any], str]]:
         return self.transports[index].records()
@@ -414,12 +459,17 @@ async def test_a_new_destination_sends_each_member_once_as_existing() -> None:
     # Written, then made durable.
     assert tables.flushes >= 1
     assert tables.activation_writes[-1][3] < tables.flushes
-    # Nothing left: nothing sent again.
+    # Nothing left: nothing sent again. The jobs count as done until a rebalance.
     rig.clear()
     assert rig.backfiller.due_in() == 1.0
     await rig.backfiller.run()
     assert rig.records(0) == rig.records(1) == []
-    assert rig.backfiller.progress() == {}
+    assert rig.backfiller.progress() == {
+        (0, JobKind.BACKFILL): (0, 4, 4),
+        (1, JobKind.BACKFILL): (0, 3, 3),
+    }
+    # The partition's marker was there: no other write than the activations'.
+    assert {(name, p) for name, p, *_ in tables.activation_writes} == {(ONE, 0), (TWO, 0)}
 
 
 async def test_a_restart_does_not_backfill_again() -> None:
@@ -434,13 +484,164 @@ async def test_a_restart_does_not_backfill_again() -> None:
     assert tables.stored().done == first.tables.stored().done
 
 
-async def test_backfill_off_records_the_mapping_without_sending() -> None:
-    tables = Tables()
-    members(tables, 3, SEG_A)
-    rig = Rig(config((SEG_A, SEG_B), backfill=False), tables)
+def test_the_backfill_setting_is_gone() -> None:
+    """Adoption (below) replaced the destination setting ``backfill``: a
+    configuration that still has it is refused, not silently read."""
+    settings = config((SEG_A,)).model_dump(mode="json")
+    settings["destinations"][0]["backfill"] = False
+    with pytest.raises(pydantic.ValidationError, match="backfill"):
+        Settings.model_validate(settings)
+
+
+def test_backfill_job_ids() -> None:
+    ids = {new_backfill_id() for _ in range(100)}
+    assert len(ids) == 100
+    for job_id in ids:
+        assert job_id.startswith("backfill-")
+        int(job_id.removeprefix("backfill-"), 16)
+        assert len(job_id) == len("backfill-") + 12
+
+
+# -- adoption: a partition planned for the first time ------------------------------------------
+
+
+async def test_a_partition_never_planned_adopts_every_destination() -> None:
+    """An upgrade from a version without activations (or a new app_id): what the
+    tables hold was exported already, so each destination takes its mapping as
+    it is and sends nothing; the partition is marked as planned."""
+    tables = Tables(planned=())
+    members(tables, 3, SEG_A, SEG_B, SEG_C)
+    rig = Rig(config((SEG_A, SEG_B), (SEG_B, SEG_C), limit=0), tables)
     await rig.backfiller.run()
-    assert rig.records() == []
-    assert tables.stored() == Activation(frozenset({SEG_A, SEG_B}), START)
+    assert rig.records(0) == rig.records(1) == []
+    assert tables.activations == {
+        (PLANNED, 0): {"since": START},
+        (ONE, 0): activation_to_json(Activation(frozenset({SEG_A, SEG_B}), START)),
+        (TWO, 0): activation_to_json(Activation(frozenset({SEG_B, SEG_C}), START)),
+    }
+    # The marker first, once for the partition; then durable.
+    assert [(name, p) for name, p, *_ in tables.activation_writes] == [
+        (PLANNED, 0),
+        (ONE, 0),
+        (TWO, 0),
+    ]
+    assert tables.activation_writes[-1][3] < tables.flushes
+    assert rig.backfiller.progress() == {}
+    # Planned now: a restart (or another worker) reads it as it is, writing nothing.
+    tables.activation_writes.clear()
+    again = Rig(config((SEG_A, SEG_B), (SEG_B, SEG_C)), tables)
+    await again.backfiller.run()
+    assert again.records(0) == again.records(1) == []
+    assert tables.activation_writes == []
+
+
+async def test_adoption_is_per_partition() -> None:
+    tables = Tables(planned=(1,))  # partition 0 was never planned; 1 was
+    ids0 = members(tables, 2, SEG_A, partition=0)
+    ids1 = members(tables, 2, SEG_A, partition=1)
+    rig = Rig(config((SEG_A,)), tables, partitions=(0, 1))
+    await rig.backfiller.run()
+    assert rig.keys() == ids1  # a new destination in a planned partition: backfilled
+    assert not set(ids0) & set(rig.keys())
+    assert tables.stored(ONE, 0) == Activation(frozenset({SEG_A}), START)
+    assert [sent for _, sent in tables.stored(ONE, 1).done] == [2]
+    assert tables.activations[PLANNED, 0] == {"since": START}
+    assert tables.activations[PLANNED, 1] == {"since": 1.0}  # not written again
+    assert [p for name, p, *_ in tables.activation_writes if name == PLANNED] == [0]
+
+
+async def test_a_planned_partition_backfills_a_destination_it_has_no_activation_of() -> None:
+    tables = Tables(planned=(0,))
+    members(tables, 2, SEG_A, SEG_C)
+    tables.store(ONE, 0, Activation(frozenset({SEG_A}), 1.0))
+    rig = Rig(config((SEG_A,), (SEG_C,)), tables)
+    await rig.backfiller.run()
+    assert rig.records(0) == []  # known, mapping unchanged
+    assert len(rig.records(1)) == 2  # new: every member of its segments
+    assert [sent for _, sent in tables.stored(TWO).done] == [2]
+    assert PLANNED not in [name for name, *_ in tables.activation_writes]
+
+
+async def test_a_segment_mapped_after_adoption_is_backfilled() -> None:
+    tables = Tables(planned=())
+    members(tables, 2, SEG_A)
+    c_members = ["p0-0101", "p0-0102"]
+    for profile_id in c_members:
+        tables.seed(profile_id, {SEG_C: (True, T0)})
+    first = Rig(config((SEG_A,)), tables)
+    await first.backfiller.run()
+    assert first.records() == []
+    # The configuration maps C later: its members are sent, and only they.
+    second = Rig(config((SEG_A, SEG_C)), tables)
+    await second.backfiller.run()
+    assert second.keys() == c_members
+    stored = tables.stored()
+    assert stored.active == {SEG_A, SEG_C}
+    [(job_id, sent)] = stored.done
+    assert job_id.startswith("backfill-")
+    assert sent == 2
+    assert [name for name, *_ in tables.activation_writes].count(PLANNED) == 1
+
+
+async def test_a_destination_added_after_adoption_is_backfilled() -> None:
+    tables = Tables(planned=())
+    ids = members(tables, 3, SEG_A, SEG_B)
+    first = Rig(config((SEG_A,)), tables)
+    await first.backfiller.run()
+    assert first.records() == []
+    second = Rig(config((SEG_A,), (SEG_B,)), tables)
+    await second.backfiller.run()
+    assert second.records(0) == []
+    assert len(second.records(1)) == len(ids)
+    assert [sent for _, sent in tables.stored(TWO).done] == [3]
+
+
+async def test_a_malformed_activation_is_planned_as_a_new_destination() -> None:
+    """Its mapping is unknown: every member is sent again (duplicates, no loss)."""
+    tables = Tables()
+    ids = members(tables, 3, SEG_A)
+    tables.activations[ONE, 0] = {"active": SEG_A, "since": "yesterday"}
+    rig = Rig(config((SEG_A,)), tables)
+    await rig.backfiller.run()
+    assert rig.keys() == ids
+    stored = tables.stored()
+    assert stored.active == {SEG_A}
+    assert [sent for _, sent in stored.done] == [3]
+
+
+# -- what Activations holds, and for how long ----------------------------------------------------
+
+
+def test_activations_are_held_for_one_rebalance_count() -> None:
+    tables = Tables()
+    rig = Rig(config((SEG_A,)), tables)
+    first = rig.activations.get(0, 0)
+    [job] = first.jobs
+    assert job.kind == JobKind.BACKFILL
+    reads = len(tables.activation_reads)
+    assert reads >= 1
+    # Another worker owned the partition meanwhile and stored its own state.
+    theirs = Activation(frozenset({SEG_A}), 5.0, done=((job.id, 7), ("resend-9", 2)))
+    tables.store(ONE, 0, theirs)
+    assert rig.activations.get(0, 0) == first  # held: not read again
+    assert len(tables.activation_reads) == reads
+    rig.generation += 1
+    assert rig.activations.get(0, 0) == theirs  # a new rebalance count: read again
+    assert len(tables.activation_reads) > reads
+    assert rig.activations.get(0, 0) == theirs
+
+
+def test_a_new_rebalance_count_reads_the_planned_marker_again() -> None:
+    tables = Tables(planned=())
+    rig = Rig(config((SEG_A,)), tables)
+    assert rig.activations.get(0, 0) == Activation(frozenset({SEG_A}), START)  # adopted
+    # Meanwhile the partition was planned elsewhere, and the activation dropped
+    # (a value this worker could not read, say): a destination never seen again.
+    del tables.activations[ONE, 0]
+    rig.generation += 1
+    [job] = rig.activations.get(0, 0).jobs
+    assert job.kind == JobKind.BACKFILL
+    assert [name for name, *_ in tables.activation_writes].count(PLANNED) == 1
 
 
 async def test_a_new_destination_without_members_finishes_its_job_at_once() -> None:
@@ -715,7 +916,9 @@ async def test_nothing_is_due_during_a_rebalance() -> None:
     await rig.backfiller.run()
     await rig.backfiller.prepare()
     assert rig.records() == []
-    assert tables.activations == {}
+    assert tables.activation_reads == []
+    assert tables.activation_writes == []
+    assert tables.member_id_calls == []
     rig.rebalancing = False
     assert rig.backfiller.due_in() == 0.0
     await rig.backfiller.run()
@@ -908,6 +1111,248 @@ async def test_a_new_generation_reads_the_activations_again() -> None:
     assert tables.stored().done[-1] == ("resend-9", 2)
 
 
+async def test_a_job_another_worker_finished_is_not_sent_again() -> None:
+    tables = Tables()
+    members(tables, 3, SEG_A)
+    rig = Rig(config((SEG_A,), limit=100), tables)  # paced: planning sends nothing
+    await rig.backfiller.run()
+    [job] = tables.stored().jobs
+    assert rig.backfiller.progress() == {(0, JobKind.BACKFILL): (1, 0, 3)}
+    # A rebalance moved the partition away and back; its owner meanwhile sent the job.
+    tables.store(ONE, 0, Activation(frozenset({SEG_A}), START, done=((job.id, 3),)))
+    rig.generation += 1
+    rig.clock.advance(1.0)
+    await rig.backfiller.run()
+    rig.clock.advance(1.0)
+    await rig.backfiller.run()
+    assert rig.records() == []
+    assert rig.backfiller.progress() == {}
+    assert tables.stored().done == ((job.id, 3),)
+
+
+# -- a partition that moves while a slice is in flight ---------------------------------------------
+
+
+def rebalance_during_put(rig: Rig, partitions: Iterable[int], revoked: Iterable[int] = ()) -> None:
+    """A rebalance completes while the next slice's records are being put: the
+    transport's first call moves the assignment on (``revoked``: partitions whose
+    keys this worker's store drops then), and the writes from there on are kept
+    in ``rig.writes_at_rebalance``."""
+    transport = rig.transports[0]
+
+    def rebalance() -> None:
+        transport.on_call = None
+        rig.writes_at_rebalance = len(rig.tables.activation_writes)
+        rig.rebalance(partitions)
+        rig.tables.revoked.update(revoked)
+
+    transport.on_call = rebalance
+
+
+async def test_a_slice_whose_partitions_moved_stores_nothing() -> None:
+    tables = Tables()
+    ids0 = members(tables, 3, SEG_A, partition=0)
+    ids1 = members(tables, 3, SEG_A, partition=1)
+    rig = Rig(config((SEG_A,)), tables, partitions=(0, 1))  # unpaced: one slice of both
+    rebalance_during_put(rig, [0])
+    await rig.backfiller.run()
+    assert rig.keys() == ids0 + ids1  # sent
+    # Nothing stored: partition 1 is another worker's now, and 0 was planned
+    # again in the new rebalance count (by whoever owned it meanwhile).
+    assert tables.activation_writes[rig.writes_at_rebalance :] == []
+    for partition in (0, 1):
+        [job] = tables.stored(ONE, partition).jobs
+        assert (job.cursor, job.sent) == (None, 0)
+    assert rig.dead_letters.sent == []
+    # Planned again: partition 0 is sent again (the slice in flight, no more).
+    rig.clear()
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    assert rig.keys() == ids0
+    assert [sent for _, sent in tables.stored(ONE, 0).done] == [3]
+    assert tables.writes_to(1, rig.writes_at_rebalance) == []
+    # The new owner of partition 1 sends it again too.
+    other = Rig(config((SEG_A,)), tables, partitions=(1,))
+    await other.backfiller.run()
+    assert other.keys() == ids1
+    assert [sent for _, sent in tables.stored(ONE, 1).done] == [3]
+
+
+async def test_a_partition_moved_mid_job_resends_at_most_the_slice_in_flight() -> None:
+    tables = Tables()
+    ids = members(tables, 25, SEG_A)
+    rig = Rig(config((SEG_A,), limit=100), tables)  # slices of 10
+    await rig.backfiller.run()
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:10]
+    # The second slice: the partition moves away and back while it is put.
+    rebalance_during_put(rig, [0])
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:20]
+    [job] = tables.stored().jobs
+    assert (job.cursor, job.sent, job.total) == (ids[9], 10, 25)  # not moved
+    assert tables.activation_writes[rig.writes_at_rebalance :] == []
+    while tables.stored().jobs:
+        rig.clock.advance(0.25)
+        await rig.backfiller.run()
+    assert rig.keys() == ids[:20] + ids[10:]  # the slice in flight twice, no more
+    assert [sent for _, sent in tables.stored().done] == [25]
+
+
+async def test_a_worker_that_lost_a_partition_writes_nothing_to_it() -> None:
+    """The memory store drops a moved partition's keys once the rebalance's
+    recovery is done: reading its activation then finds none. The worker that
+    lost it must not plan it again (an "adopted" activation with no job, and the
+    marker, written to the changelog of a partition another worker owns, would
+    replace that worker's pending job there)."""
+    tables = Tables()
+    members(tables, 3, SEG_A, partition=0)
+    ids1 = members(tables, 10, SEG_A, partition=1)
+    rig = Rig(config((SEG_A,), limit=100), tables, partitions=(0, 1))
+    await rig.backfiller.run()  # planned; slices of 10: 3 of partition 0, 7 of 1
+    rebalance_during_put(rig, [0], revoked=[1])
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert len(rig.keys()) == 10
+    assert tables.writes_to(1, rig.writes_at_rebalance) == []
+    # The new owner (its store recovered from the changelog) sends partition 1
+    # from the stored cursor: every member, the 7 in flight again.
+    tables.revoked.clear()
+    other = Rig(config((SEG_A,)), tables, partitions=(1,))
+    await other.backfiller.run()
+    assert other.keys() == ids1
+
+
+async def test_a_partition_known_lost_gets_no_slice_of_another_destination() -> None:
+    """Once a slice found its partition moved, the worker sends nothing more of
+    it: the next destination's slice waits for the new plan."""
+    tables = Tables()
+    ids = members(tables, 3, SEG_A, SEG_C)
+    rig = Rig(config((SEG_A,), (SEG_C,)), tables, partitions=(0,))
+    rebalance_during_put(rig, [])  # the partition moves away while one's slice is put
+    await rig.backfiller.run()
+    assert rig.keys(0) == ids
+    assert rig.records(1) == []
+    assert tables.activation_writes[rig.writes_at_rebalance :] == []
+
+
+# -- how much a slice holds -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("owned", "count", "size"),
+    [
+        ((0, 1, 2, 3), 4, 10),  # every partition: 0.5 * 100 records/s, 0.2 s of it
+        ((0, 1), 4, 5),  # half of them: half the rate
+        ((0,), 4, 2),  # a quarter: 12.5 records/s, 2.5 a slice
+        ((0, 1), 2, 10),
+    ],
+)
+async def test_the_pace_is_split_by_the_share_of_partitions_owned(
+    owned: tuple[int, ...], count: int, size: int
+) -> None:
+    tables = Tables(planned=owned)
+    ids = members(tables, 30, SEG_A)
+    rig = Rig(config((SEG_A,), limit=100), tables, partitions=owned, partition_count=count)
+    rate = 0.5 * 100 * len(owned) / count
+    await rig.backfiller.run()  # planned; the bucket starts empty
+    assert rig.backfiller.due_in() == pytest.approx(size / rate)
+    rig.clock.advance(1.0)  # more than a slice's time: the bucket holds one slice
+    await rig.backfiller.run()
+    assert rig.keys() == ids[:size]
+    assert rig.backfiller.due_in() == pytest.approx(size / rate)
+    rig.clock.advance(0.5 * size / rate)
+    assert rig.backfiller.due_in() == pytest.approx(0.5 * size / rate)
+    await rig.backfiller.run()  # half the tokens of a slice: not due
+    assert rig.keys() == ids[:size]
+    rig.clock.advance(1.0)
+    await rig.backfiller.run()
+    assert rig.keys() == ids[: 2 * size]
+    assert [len(call) for call in rig.transports[0].calls] == [size, size]
+
+
+async def test_the_pace_of_two_workers_adds_up_to_the_share() -> None:
+    """Two workers of a 4-partition input, two partitions each: 25 records/s
+    each, 50 in all, the backfill share of one shard's 100."""
+    tables = Tables(planned=(0, 1, 2, 3))
+    for partition in range(4):
+        members(tables, 20, SEG_A, partition=partition)
+    rigs = [
+        Rig(config((SEG_A,), limit=100), tables, partitions=owned, partition_count=4)
+        for owned in ((0, 1), (2, 3))
+    ]
+    for rig in rigs:
+        await rig.backfiller.run()  # planned; the bucket starts empty
+        while len(rig.keys()) < 40:
+            rig.clock.advance(rig.backfiller.due_in())
+            await rig.backfiller.run()
+        # 40 members at 25/s: 1.6 s, in slices of 5
+        assert rig.clock.now - START == pytest.approx(1.6)
+        assert [len(call) for call in rig.transports[0].calls] == [5] * 8
+
+
+async def record_size() -> int:
+    """The bytes of one backfill record of a ``members`` of A (all are the same size)."""
+    probe = Rig(config((SEG_A,)), Tables())
+    members(probe.tables, 2, SEG_A)
+    await probe.backfiller.run()
+    sizes = {len(data) for call in probe.transports[0].calls for data, _ in call}
+    assert len(sizes) == 1
+    return sizes.pop()
+
+
+async def test_a_small_memory_budget_bounds_the_records_of_a_slice() -> None:
+    tables = Tables()
+    ids = members(tables, 10, SEG_A)
+    size = await record_size()
+    # Output may hold just under 3 records: a slice stops once it holds more.
+    memory = MemoryBudget(2 * (3 * size - 1))
+    rig = Rig(config((SEG_A,), limit=0), tables, memory=memory)  # unpaced: 500 a slice
+    await rig.backfiller.run()
+    assert [len(data) for data, _ in rig.transports[0].calls[0]] == [size] * 3
+    assert rig.keys() == ids[:3]
+    assert memory.output == 0  # released once put
+    [job] = tables.stored().jobs
+    assert (job.cursor, job.sent) == (ids[2], 3)
+    while tables.stored().jobs:
+        await rig.backfiller.run()
+        assert memory.output == 0
+    assert [len(call) for call in rig.transports[0].calls] == [3, 3, 3, 1]
+    assert rig.keys() == ids
+
+
+async def test_no_slice_while_the_output_budget_is_over() -> None:
+    tables = Tables()
+    ids = members(tables, 4, SEG_A)
+    memory = MemoryBudget(10**6)
+    rig = Rig(config((SEG_A,)), tables, memory=memory)
+    held = memory.share + 1
+    memory.take_output(held)  # a live batch holds more than its half
+    await rig.backfiller.run()
+    await rig.backfiller.run()
+    assert rig.records() == []
+    [job] = tables.stored().jobs
+    assert (job.cursor, job.sent) == (None, 0)
+    assert memory.output == held
+    memory.release_output(held)
+    await rig.backfiller.run()
+    assert rig.keys() == ids
+    assert memory.output == 0
+
+
+async def test_a_failed_slice_releases_its_memory() -> None:
+    tables = Tables()
+    members(tables, 4, SEG_A)
+    memory = MemoryBudget(10**6)
+    rig = Rig(config((SEG_A,)), tables, memory=memory)
+    refused = failing_transport(rig.transports[0])
+    await rig.backfiller.run()
+    assert refused
+    assert memory.output == 0
+
+
 # -- progress ---------------------------------------------------------------------------------
 
 
@@ -919,26 +1364,62 @@ async def test_progress_counts_jobs_sent_and_total_per_destination_and_kind() ->
     rig = Rig(config((SEG_A,), (SEG_B, SEG_C), limit=100), tables, partitions=(0, 1))
     assert rig.backfiller.progress() == {}  # nothing planned yet
     await rig.backfiller.run()  # planned: every partition listed; nothing sent yet
+    assert tables.member_id_calls == [(0, 1)]  # read once, for every partition owned
     assert rig.backfiller.progress() == {
         (0, JobKind.BACKFILL): (2, 0, 19),
-        (1, JobKind.BACKFILL): (1, 0, 1),  # partition 0 has no member of B or C: done
+        # partition 0 has no member of B or C: done at once (0 of 0); 1 has one
+        (1, JobKind.BACKFILL): (1, 0, 1),
     }
     assert [sent for _, sent in tables.stored(TWO, 0).done] == [0]
     rig.clock.advance(0.25)
     await rig.backfiller.run()  # a slice of 10 each
-    assert rig.backfiller.progress() == {(0, JobKind.BACKFILL): (2, 10, 19)}
+    assert rig.backfiller.progress() == {
+        (0, JobKind.BACKFILL): (2, 10, 19),
+        (1, JobKind.BACKFILL): (0, 1, 1),  # finished: done == total, no job
+    }
     rig.clock.advance(0.25)
     await rig.backfiller.run()  # the 5 left in partition 0, the 4 of partition 1
-    assert rig.backfiller.progress() == {}
+    assert rig.backfiller.progress() == {
+        (0, JobKind.BACKFILL): (0, 19, 19),
+        (1, JobKind.BACKFILL): (0, 1, 1),
+    }
     assert len(rig.records(0)) == 19
     assert rig.keys(1) == ["p1-9999"]
 
     # A re-send: counted by its sent alone until its partition is listed.
     rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))
-    assert rig.backfiller.progress() == {(0, JobKind.RESEND): (1, 0, 0)}
+    assert rig.backfiller.progress()[0, JobKind.RESEND] == (1, 0, 0)
     rig.clock.advance(0.25)
     await rig.backfiller.run()
-    assert rig.backfiller.progress() == {(0, JobKind.RESEND): (1, 10, 15)}
+    assert tables.member_id_calls == [(0, 1), (0,)]  # listed alone, when it came
+    assert rig.backfiller.progress()[0, JobKind.RESEND] == (1, 10, 15)
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.backfiller.progress() == {
+        (0, JobKind.BACKFILL): (0, 19, 19),
+        (0, JobKind.RESEND): (0, 15, 15),
+        (1, JobKind.BACKFILL): (0, 1, 1),
+    }
+    # A rebalance: counted again from the new plan, which finds nothing to do.
+    rig.generation += 1
+    await rig.backfiller.run()
+    assert rig.backfiller.progress() == {}
+
+
+async def test_progress_counts_dead_letters_and_leavers_as_done() -> None:
+    tables = Tables()
+    ids = members(tables, 4, SEG_A)
+    tables.memberships[ids[1]] = {SEG_A: [True, "yesterday"]}  # dead-lettered
+    rig = Rig(config((SEG_A,), limit=100), tables)
+    await rig.backfiller.run()
+    assert rig.backfiller.progress() == {(0, JobKind.BACKFILL): (1, 0, 4)}
+    tables.seed(ids[2], {SEG_A: (False, T1)})  # left A after the listing: skipped
+    rig.clock.advance(0.25)
+    await rig.backfiller.run()
+    assert rig.keys() == [ids[0], ids[3]]
+    assert len(rig.dead_letters.sent) == 1
+    assert rig.backfiller.progress() == {(0, JobKind.BACKFILL): (0, 4, 4)}
+    assert [sent for _, sent in tables.stored().done] == [2]
 
 
 async def test_a_queued_backfill_sends_the_members_of_when_its_mapping_was_seen() -> None:
@@ -955,6 +1436,9 @@ async def test_a_queued_backfill_sends_the_members_of_when_its_mapping_was_seen(
     [first, second] = tables.stored().jobs
     assert first.id == "backfill-a"
     assert second.segments == {SEG_C}
+    # Both listed at once: 3 members of A, 1 of C.
+    assert tables.member_id_calls == [(0,)]
+    assert rig.backfiller.progress() == {(0, JobKind.BACKFILL): (2, 0, 4)}
     # The batch: p0-0010 joins C after the mapping was seen (its live record: realized).
     await rig.batch(q("p0-0010", SEG_C, "realized", T1))
     assert [ups(r)[SEG_C]["status"] for r, _ in rig.records()] == ["realized"]

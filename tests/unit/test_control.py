@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.activation import Activation, Job, activation_to_json
+from worker.activation import Activation, Job, activation_key, activation_to_json
 from worker.control import (
     MAX_COMMAND_BYTES,
     RESEND,
     Command,
+    Progress,
     encode_resend,
     follow_changelog,
     job_progress,
@@ -265,19 +266,22 @@ def _key(partition: int | str, destination: str = DEST) -> bytes:
     return orjson.dumps(f"{partition}/{destination}")
 
 
-def _state(*done: tuple[str, int], jobs: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
-    return {
-        "active": ["s1"],
-        "since": 1.0,
-        "jobs": list(jobs),
-        "done": [[job_id, sent] for job_id, sent in done],
-    }
+def _job(job_id: str, sent: int = 0, total: int | None = None) -> Job:
+    return Job(job_id, JobKind.RESEND, frozenset({"s1"}), 1.0, sent=sent, total=total)
+
+
+def _state(*done: tuple[str, int], jobs: tuple[Job, ...] = ()) -> Activation:
+    return Activation(frozenset({"s1"}), 1.0, jobs=jobs, done=done)
+
+
+def _value(state: Activation) -> bytes:
+    return orjson.dumps(activation_to_json(state))
 
 
 def _follow(
     messages: list[tuple[bytes | None, bytes | None]], destination: str = DEST
-) -> dict[int, dict[str, Any]]:
-    states: dict[int, dict[str, Any]] = {}
+) -> dict[int, Activation]:
+    states: dict[int, Activation] = {}
     for key, value in messages:
         follow_changelog(states, key, value, destination)
     return states
@@ -285,12 +289,14 @@ def _follow(
 
 def test_key_form() -> None:
     assert _key(3) == b'"3/Dest One"'
+    assert _key(3) == orjson.dumps(activation_key(3, DEST))
 
 
 def test_changelog_keeps_the_destination_activation_per_partition() -> None:
-    s0, s3 = _state(("r1", 2)), _state()
-    states = _follow([(b'"3/Dest One"', orjson.dumps(s3)), (_key(0), orjson.dumps(s0))])
+    s0, s3 = _state(("r1", 2)), _state(jobs=(_job("r2", 1, 4),))
+    states = _follow([(b'"3/Dest One"', _value(s3)), (_key(0), _value(s0))])
     assert states == {3: s3, 0: s0}
+    assert all(isinstance(state, Activation) for state in states.values())
 
 
 @pytest.mark.parametrize(
@@ -301,27 +307,33 @@ def test_changelog_keeps_the_destination_activation_per_partition() -> None:
         b'"3/Dest One "',
         b'"3/dest one"',
         b'"3/Dest One/x"',
-        b'"3/"',
+        b'"3/"',  # the partition's "planned" marker
         b'"3"',
         b'"Dest One"',
     ],
 )
 def test_changelog_ignores_other_destinations(key: bytes) -> None:
     states = {3: _state(("r1", 1))}
-    follow_changelog(states, key, orjson.dumps(_state()), DEST)
+    follow_changelog(states, key, _value(_state()), DEST)
     follow_changelog(states, key, None, DEST)
     assert states == {3: _state(("r1", 1))}
 
 
+def test_the_planned_marker_is_not_an_activation() -> None:
+    """The marker (destination "") holds no activation: following the empty
+    destination name reads nothing from it."""
+    states = _follow([(_key(3, ""), orjson.dumps({"since": 1.0}))], destination="")
+    assert states == {}
+
+
 def test_destination_names_may_hold_a_slash() -> None:
-    states = _follow([(_key(1, "a/b"), b"{}"), (_key(2, "b"), b"{}")], destination="a/b")
-    assert states == {1: {}}
+    s1, s2 = _state(("r1", 1)), _state(("r1", 2))
+    states = _follow([(_key(1, "a/b"), _value(s1)), (_key(2, "b"), _value(s2))], destination="a/b")
+    assert states == {1: s1}
 
 
 def test_tombstone_removes_the_partition() -> None:
-    states = _follow(
-        [(_key(1), orjson.dumps(_state())), (_key(2), orjson.dumps(_state())), (_key(1), None)]
-    )
+    states = _follow([(_key(1), _value(_state())), (_key(2), _value(_state())), (_key(1), None)])
     assert states == {2: _state()}
 
 
@@ -330,13 +342,15 @@ def test_tombstone_of_an_unknown_partition_is_ignored() -> None:
 
 
 def test_later_message_replaces_earlier() -> None:
-    first, second = _state(jobs=({"id": "r1", "sent": 1},)), _state(("r1", 5))
-    states = _follow([(_key(1), orjson.dumps(first)), (_key(1), orjson.dumps(second))])
+    first, second = _state(jobs=(_job("r1", 1),)), _state(("r1", 5))
+    states = _follow([(_key(1), _value(first)), (_key(1), _value(second))])
     assert states == {1: second}
 
 
 def test_message_after_a_tombstone_comes_back() -> None:
-    states = _follow([(_key(1), b"{}"), (_key(1), None), (_key(1), orjson.dumps(_state()))])
+    states = _follow(
+        [(_key(1), _value(_state(("r0", 1)))), (_key(1), None), (_key(1), _value(_state()))]
+    )
     assert states == {1: _state()}
 
 
@@ -344,6 +358,7 @@ def test_message_after_a_tombstone_comes_back() -> None:
     "key",
     [
         pytest.param(None, id="no-key"),
+        pytest.param(b"", id="empty"),
         pytest.param(b"3/Dest One", id="not-json"),
         pytest.param(b'"3/Dest One', id="truncated"),
         pytest.param(b'"\xff/Dest One"', id="invalid-utf8"),
@@ -354,106 +369,110 @@ def test_message_after_a_tombstone_comes_back() -> None:
         pytest.param(b'"x/Dest One"', id="partition-not-a-number"),
         pytest.param(b'"/Dest One"', id="partition-empty"),
         pytest.param(b'"1.5/Dest One"', id="partition-fraction"),
+        pytest.param(orjson.dumps("9" * 5000 + "/Dest One"), id="partition-too-long"),
     ],
 )
 def test_malformed_key_is_ignored(key: bytes | None) -> None:
-    before = {3: _state(("r1", 1))}
     states = {3: _state(("r1", 1))}
-    follow_changelog(states, key, orjson.dumps(_state()), DEST)
+    follow_changelog(states, key, _value(_state()), DEST)
     follow_changelog(states, key, None, DEST)
-    assert states == before
+    assert states == {3: _state(("r1", 1))}
 
 
 @pytest.mark.parametrize(
     "value",
     [
+        pytest.param(b"", id="empty"),
         pytest.param(b"{", id="truncated"),
         pytest.param(b"\xff", id="invalid-utf8"),
         pytest.param(b"done", id="bare-word"),
-    ],
-)
-def test_malformed_value_is_ignored(value: bytes) -> None:
-    states = {3: _state(("r1", 1))}
-    follow_changelog(states, _key(3), value, DEST)
-    assert states == {3: _state(("r1", 1))}
-    follow_changelog(states, _key(4), value, DEST)
-    assert states == {3: _state(("r1", 1))}
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
         pytest.param(b"null", id="null"),
         pytest.param(b"[]", id="list"),
         pytest.param(b'"r1"', id="string"),
         pytest.param(b"7", id="number"),
+        pytest.param(b"{}", id="empty-object"),
+        pytest.param(b'{"since": 1.0}', id="planned-marker"),
+        pytest.param(b'{"active": ["s1"], "since": "now"}', id="since-text"),
+        pytest.param(
+            b'{"active": [], "since": 1, "jobs": [{"id": "r1", "kind": "replay"}]}',
+            id="job-malformed",
+        ),
     ],
 )
-def test_value_that_is_not_an_object_is_ignored(value: bytes) -> None:
-    # states maps partitions to activation objects; job_progress reads them with .get
+def test_malformed_value_is_skipped(value: bytes) -> None:
+    """A value that is not an activation leaves what was read of the partition
+    as it was, and adds no partition."""
     states = {3: _state(("r1", 1))}
     follow_changelog(states, _key(3), value, DEST)
     follow_changelog(states, _key(4), value, DEST)
     assert states == {3: _state(("r1", 1))}
-    assert job_progress(states, "r1") == (1, 1, 1)
+    assert job_progress(states, "r1") == Progress(1, 0, 1, 1)
 
 
 # --- job_progress ------------------------------------------------------------------------
 
 
 def test_no_partition_no_progress() -> None:
-    assert job_progress({}, "r1") == (0, 0, 0)
+    progress = job_progress({}, "r1")
+    assert progress == Progress(done=0, pending=0, sent=0, total=0)
+    assert progress.taken == 0
 
 
 def test_unknown_job_has_no_progress() -> None:
     states = {
-        0: _state(("other", 4), jobs=({"id": "other2", "sent": 3, "total": 9},)),
+        0: _state(("other", 4), jobs=(_job("other2", 3, 9),)),
         1: _state(),
-        2: {},
+        2: Activation(frozenset(), 1.0),
     }
-    assert job_progress(states, "r1") == (0, 0, 0)
+    assert job_progress(states, "r1") == Progress(0, 0, 0, 0)
 
 
 def test_done_partitions_count_their_sent_in_sent_and_total() -> None:
     states = {0: _state(("r0", 100), ("r1", 5)), 1: _state(("r1", 7)), 2: _state(("r1", 0))}
-    assert job_progress(states, "r1") == (3, 12, 12)
+    progress = job_progress(states, "r1")
+    assert progress == Progress(done=3, pending=0, sent=12, total=12)
+    assert progress.taken == 3
 
 
 def test_pending_jobs_add_sent_and_total() -> None:
     states = {
-        0: _state(
-            jobs=({"id": "r0", "sent": 50, "total": 50}, {"id": "r1", "sent": 2, "total": 8})
-        ),
-        1: _state(jobs=({"id": "r1", "sent": 3, "total": 4},)),
+        0: _state(jobs=(_job("r0", 50, 50), _job("r1", 2, 8))),
+        1: _state(jobs=(_job("r1", 3, 4),)),
     }
-    assert job_progress(states, "r1") == (0, 5, 12)
+    progress = job_progress(states, "r1")
+    assert progress == Progress(done=0, pending=2, sent=5, total=12)
+    assert progress.taken == 2
 
 
-def test_pending_job_not_yet_scanned_has_no_total() -> None:
+def test_pending_job_not_yet_listed_counts_what_it_sent_as_its_total() -> None:
     states = {
-        0: _state(jobs=({"id": "r1", "sent": 2, "total": None},)),
-        1: _state(jobs=({"id": "r1", "sent": None, "total": None},)),
-        2: _state(jobs=({"id": "r1"},)),
+        0: _state(jobs=(_job("r1", 2, None),)),
+        1: _state(jobs=(_job("r1", 0, None),)),
     }
-    assert job_progress(states, "r1") == (0, 2, 0)
+    assert job_progress(states, "r1") == Progress(done=0, pending=2, sent=2, total=2)
 
 
 def test_done_and_pending_partitions_add_up() -> None:
     states = {
         0: _state(("r1", 10)),
-        1: _state(jobs=({"id": "r1", "sent": 4, "total": 6},)),
+        1: _state(jobs=(_job("r1", 4, 6),)),
         2: _state(("other", 99)),
+        3: _state(),
     }
-    assert job_progress(states, "r1") == (1, 14, 16)
+    progress = job_progress(states, "r1")
+    assert progress == Progress(done=1, pending=1, sent=14, total=16)
+    assert progress.taken == 2
 
 
 def test_done_wins_over_a_pending_job_of_the_same_id() -> None:
-    states = {0: _state(("r1", 10), jobs=({"id": "r1", "sent": 4, "total": 6},))}
-    assert job_progress(states, "r1") == (1, 10, 10)
+    states = {0: _state(("r1", 10), jobs=(_job("r1", 4, 6),))}
+    assert job_progress(states, "r1") == Progress(done=1, pending=0, sent=10, total=10)
 
 
-def test_states_without_jobs_or_done() -> None:
-    assert job_progress({0: {}, 1: {"active": []}}, "r1") == (0, 0, 0)
+def test_a_job_pending_twice_in_a_partition_counts_twice() -> None:
+    """Not something plan() or request() make; job_progress counts what it reads."""
+    states = {0: _state(jobs=(_job("r1", 1, 2), _job("r1", 3, 4)))}
+    assert job_progress(states, "r1") == Progress(done=0, pending=2, sent=4, total=6)
 
 
 def test_progress_from_the_changelog() -> None:
@@ -465,13 +484,16 @@ def test_progress_from_the_changelog() -> None:
     finished = pending.finish(Job("r1", JobKind.RESEND, frozenset({"s1"}), 1.0, sent=5))
     other = Activation(frozenset({"s1"}), 1.0, done=(("r1", 100),))
     messages: list[tuple[bytes | None, bytes | None]] = [
-        (_key(0), orjson.dumps(activation_to_json(pending))),
-        (_key(1), orjson.dumps(activation_to_json(pending))),
-        (_key(0, "Other"), orjson.dumps(activation_to_json(other))),
+        (_key(0), _value(pending)),
+        (_key(1), _value(pending)),
+        (_key(0, "Other"), _value(other)),
+        (_key(2, ""), orjson.dumps({"since": 1.0})),  # a partition's "planned" marker
     ]
     states = _follow(messages)
-    assert job_progress(states, "r1") == (0, 6, 10)
-    follow_changelog(states, _key(0), orjson.dumps(activation_to_json(finished)), DEST)
-    assert job_progress(states, "r1") == (1, 8, 10)
-    follow_changelog(states, _key(1), orjson.dumps(activation_to_json(finished)), DEST)
-    assert job_progress(states, "r1") == (2, 10, 10)
+    assert job_progress(states, "r1") == Progress(done=0, pending=2, sent=6, total=10)
+    follow_changelog(states, _key(0), _value(finished), DEST)
+    assert job_progress(states, "r1") == Progress(done=1, pending=1, sent=8, total=10)
+    follow_changelog(states, _key(1), _value(finished), DEST)
+    progress = job_progress(states, "r1")
+    assert progress == Progress(done=2, pending=0, sent=10, total=10)
+    assert progress.taken == 2

@@ -16,6 +16,7 @@ import faust
 import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
+from faust.types import TP
 
 from worker.faust.tables import FaustTables, event_scope
 
@@ -208,10 +209,15 @@ async def test_member_ids_lists_a_partition_s_profiles(store: str, tmp_path: Any
         memberships.data.data["r"] = {"s": [True, 0]}
         memberships.data._key_partition["r"] = 1
         memberships.data._key_partition["gone"] = 1  # deleted since: not held
+        # Written here, then the partition revoked: Faust's purge after the next
+        # recovery drops these keys too, since the writes recorded their partition.
+        await memberships.data.on_recovery_completed({TP("in", 1)}, set())
+        assert set(memberships.data.data) == {"b", "c", "r"}
     expected = {"b", "c", "r"} if store == "memory://" else {"b", "c"}
-    assert set(tables.member_ids(1)) == expected
-    assert tables.member_ids(0) == ["a"]
-    assert tables.member_ids(3) == []
+    found = tables.member_ids([0, 1, 3])
+    assert set(found[1]) == expected
+    assert found[0] == ([] if store == "memory://" else ["a"])
+    assert found[3] == []
 
 
 async def test_activations_are_keyed_by_partition_and_destination() -> None:

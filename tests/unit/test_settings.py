@@ -1062,7 +1062,6 @@ def test_backfill_share_is_a_share(tmp_path: Path, share: Any) -> None:
     assert "destinations.0.backfill_share: " in message
 
 
-def test_backfill_is_on_by_default_at_half_the_write_limit(tmp_path: Path) -> None:
+def test_backfill_takes_half_the_write_limit_by_default(tmp_path: Path) -> None:
     (destination,) = load_settings(config_file(tmp_path), environ={}).destinations
-    assert destination.backfill is True
     assert destination.backfill_share == 0.5
