@@ -755,8 +755,7 @@ DELIVERY = Dashboard(
                 ),
                 Panel(
                     "Time left",
-                    "Records left divided by the current sending rate, by destination "
-                    "and kind",
+                    "Records left divided by the current sending rate, by destination and kind",
                     [
                         Target(
                             f"sum by (destination, kind) "

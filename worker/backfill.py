@@ -69,7 +69,10 @@ PLANNED = ""
 class ActivationTables(Protocol):
     """The tables as backfill reads and writes them, by partition."""
 
-    def member_ids(self, partitions: Collection[int]) -> dict[int, list[str]]: ...
+    def stored_memberships(
+        self, partitions: Collection[int]
+    ) -> dict[int, list[tuple[str, dict[str, Any]]]]:
+        """(profile id, stored memberships) of every profile in each partition."""
 
     def get_profile(self, profile_id: str, scope: Any) -> dict[str, Any] | None: ...
 
@@ -384,7 +387,7 @@ class Backfiller:
         self._passes.clear()
         self._finished.clear()
         self._generation, self._partitions = generation, partitions
-        ids = self._tables.member_ids(partitions)
+        ids = self._tables.stored_memberships(partitions)
         for index in range(len(self._destinations)):
             for partition in sorted(partitions):
                 for job in self._activations.get(index, partition).jobs:
@@ -488,24 +491,26 @@ class Backfiller:
         return finished
 
     async def _pass(
-        self, index: int, partition: int, job: Job, ids: list[str] | None = None
+        self,
+        index: int,
+        partition: int,
+        job: Job,
+        stored: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> _Pass:
         """The members of ``job``'s segments after its cursor, listed once
-        (``ids``: the partition's profile ids, when already read)."""
+        (``stored``: the partition's memberships, when already read)."""
         work = self._passes.get((index, partition, job.id))
         if work is not None:
             return work
-        if ids is None:
-            ids = self._tables.member_ids((partition,))[partition]
-        scope = self._tables.scope(partition)
+        if stored is None:
+            stored = self._tables.stored_memberships((partition,))[partition]
         members = []
-        for position, profile_id in enumerate(ids):
+        for position, (profile_id, memberships) in enumerate(stored):
             if position % LIST_CHUNK == LIST_CHUNK - 1:
                 await asyncio.sleep(0)  # live batches and probes meanwhile
             if job.cursor is not None and profile_id <= job.cursor:
                 continue
-            stored = self._tables.get_memberships(profile_id, scope)
-            if stored and _member_of_any(stored, job.segments):
+            if memberships and _member_of_any(memberships, job.segments):
                 members.append(profile_id)
         members.sort(reverse=True)
         work = _Pass(members, job.sent + len(members))

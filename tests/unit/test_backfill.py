@@ -136,14 +136,16 @@ class Tables(FakeTables):
         for partition in planned:
             self.activations[PLANNED, partition] = {"since": 1.0}
 
-    def member_ids(self, partitions: Collection[int]) -> dict[int, list[str]]:
+    def stored_memberships(
+        self, partitions: Collection[int]
+    ) -> dict[int, list[tuple[str, dict[str, Any]]]]:
         self.member_id_calls.append(tuple(sorted(partitions)))
         # Any order, as the real tables: here the reverse of the ids' order.
         return {
             partition: sorted(
                 (
-                    p
-                    for p in self.memberships
+                    (p, value)
+                    for p, value in self.memberships.items()
                     if self.partition_of.get(p, 0) == partition and partition not in self.revoked
                 ),
                 reverse=True,

@@ -194,12 +194,12 @@ async def test_a_failure_before_sending_keeps_everything() -> None:
 
 
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
-async def test_member_ids_lists_a_partition_s_profiles(store: str, tmp_path: Any) -> None:
+async def test_stored_memberships_lists_a_partition_s_profiles(store: str, tmp_path: Any) -> None:
     """What worker.backfill walks: written here, recovered from the changelog
     (memory), deleted; per partition, never another partition's."""
     app = faust.App("t-members", broker="kafka://127.0.0.1:1", store=store, datadir=str(tmp_path))
     profiles = app.Table("profiles", partitions=PARTITIONS, key_type=str)
-    memberships = app.Table("memberships", partitions=PARTITIONS, key_type=str)
+    memberships: Any = app.Table("memberships", partitions=PARTITIONS, key_type=str)
     tables = FaustTables(profiles, memberships, Producer())
     for key, partition in [("a", 0), ("b", 1), ("c", 1), ("d", 1)]:
         tables.put_memberships(key, {"s": [True, 0]}, event(partition))
@@ -214,9 +214,10 @@ async def test_member_ids_lists_a_partition_s_profiles(store: str, tmp_path: Any
         await memberships.data.on_recovery_completed({TP("in", 1)}, set())
         assert set(memberships.data.data) == {"b", "c", "r"}
     expected = {"b", "c", "r"} if store == "memory://" else {"b", "c"}
-    found = tables.member_ids([0, 1, 3])
-    assert set(found[1]) == expected
-    assert found[0] == ([] if store == "memory://" else ["a"])
+    found = tables.stored_memberships([0, 1, 3])
+    assert {key for key, _ in found[1]} == expected
+    assert all(value == {"s": [True, 0]} for _, value in found[1])
+    assert found[0] == ([] if store == "memory://" else [("a", {"s": [True, 0]})])
     assert found[3] == []
 
 
