@@ -30,6 +30,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from bench.throughput import (
     delete_topics,
     machine,
     percentile,
+    produce_paced,
 )
 from tests.support import LOCAL_AUTH, Stack, WorkerProcess, produce, qualification
 
@@ -104,29 +106,15 @@ def config(
     }
 
 
-async def live_load(bootstrap: str, topic: str, rate: float, seconds: float, prefix: str) -> int:
-    """``rate`` new profiles/s joining A (each one record), stamped with their send time."""
-    from aiokafka import AIOKafkaProducer
+def live_event(prefix: str) -> Callable[[int, int], tuple[bytes, bytes]]:
+    """A new profile joining A per event (one record each), stamped with its send time."""
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    total = int(rate * seconds)
-    try:
-        futures = []
-        started = time.monotonic()
-        for index in range(total):
-            delay = started + index / rate - time.monotonic()
-            if delay > 0.001:
-                await asyncio.sleep(delay)
-            profile = f"{prefix}-{index:07d}"
-            identities = {"ecid": [{"id": profile}], "bench": [{"id": str(time.time_ns())}]}
-            status = "realized"
-            value = qualification(profile, SEG_A, status, T0, identities)
-            futures.append(await producer.send(topic, value, key=profile.encode()))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return total
+    def make(index: int, sent_ns: int) -> tuple[bytes, bytes]:
+        profile = f"{prefix}-{index:07d}"
+        identities = {"ecid": [{"id": profile}], "bench": [{"id": str(sent_ns)}]}
+        return profile.encode(), qualification(profile, SEG_A, "realized", T0, identities)
+
+    return make
 
 
 def phase(
@@ -144,7 +132,9 @@ def phase(
     try:
         worker.start()
         sent = asyncio.run(
-            live_load(stack.kafka_bootstrap, topics.qualifications, rate, seconds, name)
+            produce_paced(
+                stack.kafka_bootstrap, topics.qualifications, rate, seconds, live_event(name)
+            )
         )
         deadline = time.monotonic() + 300
         while len(kinesis.live_ms) < sent or kinesis.backfilled < expect_backfill:

@@ -147,9 +147,14 @@ def preload(bootstrap: str, topic: str, events: int, profiles: int) -> float:
 
 
 async def produce_paced(
-    bootstrap: str, topic: str, rate: float, seconds: float, profiles: int
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    make: Callable[[int, int], tuple[bytes, bytes]],
 ) -> int:
-    """Produces ``rate`` events/s for ``seconds``, each stamped with its send time."""
+    """Produces ``rate`` events/s for ``seconds``: event ``i`` is ``make(i, send time
+    in ns)`` (its key and value)."""
     total = max(1, int(rate * seconds))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
@@ -160,7 +165,7 @@ async def produce_paced(
             delay = started + index / rate - time.monotonic()
             if delay > 0.001:
                 await asyncio.sleep(delay)
-            key, value = event(index, profiles, sent_ns=time.time_ns())
+            key, value = make(index, time.time_ns())
             futures.append(await producer.send(topic, value, key=key))
         await asyncio.gather(*futures)
     finally:
@@ -689,7 +694,7 @@ def latency(context: Context, rate: float, seconds: float) -> LatencyFigures:
                     live.qualifications,
                     rate,
                     seconds,
-                    context.profiles,
+                    lambda index, sent_ns: event(index, context.profiles, sent_ns=sent_ns),
                 )
             )
             achieved = sent / (time.monotonic() - started)

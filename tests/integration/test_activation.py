@@ -10,6 +10,7 @@ of every worker through the control topic.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -66,6 +67,10 @@ def _backfilled(records: list[tuple[str, dict[str, Any]]]) -> Counter[str]:
     return Counter(
         key for key, record in records if ups(record).get(SEG_B, {}).get("status") == "existing"
     )
+
+
+def resend(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli("resend", "--config", str(config), *args)[0]
 
 
 def _remap(deployment: Deployment, segments: list[str]) -> None:
@@ -183,16 +188,7 @@ def test_resend_reaches_every_partition_of_every_worker(stack: Stack, tmp_path: 
         reader = deployment.readers[deployment.streams[0]]
         _wait_records(reader, len(profiles), 60, "the entries")
         config = deployment.write_config()
-        result, _ = cli(
-            "resend",
-            "--config",
-            str(config),
-            "--destination",
-            "Resend",
-            "--wait",
-            "--timeout",
-            "90",
-        )
+        result = resend(config, "--destination", "Resend", "--wait", "--timeout", "90")
         assert result.returncode == 0, result.stdout + result.stderr
         lines = result.stdout.splitlines()
         assert "taken by 8/8 partition(s)" in result.stdout, lines
@@ -222,16 +218,14 @@ def test_resend_refuses_what_the_configuration_does_not_have(stack: Stack, tmp_p
         stack, unique("it-resend-bad"), tmp_path, destinations=one_stream("Resend", [SEG_A])
     ) as deployment:
         config = deployment.write_config()
-        result, _ = cli("resend", "--config", str(config), "--destination", "Nope")
+        result = resend(config, "--destination", "Nope")
         assert result.returncode == 2
         assert "--destination: no destination named 'Nope'" in result.stderr
-        result, _ = cli(
-            "resend", "--config", str(config), "--destination", "Resend", "--segment", SEG_B
-        )
+        result = resend(config, "--destination", "Resend", "--segment", SEG_B)
         assert result.returncode == 2
         assert "--segment: destination 'Resend' does not map" in result.stderr
         # No worker ever ran: the control topic does not exist yet.
-        result, _ = cli("resend", "--config", str(config), "--destination", "Resend")
+        result = resend(config, "--destination", "Resend")
         assert result.returncode == 1
         assert "control topic" in result.stdout
 
@@ -264,17 +258,8 @@ def test_resend_says_when_a_worker_refuses_it(stack: Stack, tmp_path: Path) -> N
         newer = deployment.config()
         newer["destinations"][0]["segments"].append({"id": SEG_B})
         config = deployment.write_config("newer.yaml", newer)
-        result, _ = cli(
-            "resend",
-            "--config",
-            str(config),
-            "--destination",
-            "Resend",
-            "--segment",
-            SEG_B,
-            "--wait",
-            "--timeout",
-            "60",
+        result = resend(
+            config, "--destination", "Resend", "--segment", SEG_B, "--wait", "--timeout", "60"
         )
         assert result.returncode == 4, result.stdout + result.stderr
         assert "refused in 3/3 partition(s)" in result.stdout
