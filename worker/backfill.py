@@ -43,6 +43,7 @@ from worker.activation import (
 from worker.batching import is_outage
 from worker.budget import MemoryBudget
 from worker.deadletters import DeadLetter
+from worker.errors import RetryLater
 from worker.export import encode
 from worker.kinesis import Outcome, Record, Rejection
 from worker.membership import memberships_from_json
@@ -98,11 +99,18 @@ def new_backfill_id() -> str:
     return f"backfill-{uuid.uuid4().hex[:12]}"
 
 
-class Activations:
-    """The activation of each (destination, partition), loaded and planned lazily.
+class NotPlanned(RetryLater):
+    """The activations were planned for another assignment than the current one
+    (a rebalance began since): a command waits until they are planned again."""
 
-    What it holds is valid for one rebalance count (``generation``): after a
-    rebalance another worker may have changed a partition, so it is read again.
+
+class Activations:
+    """The activation of each (destination, partition) of the current assignment.
+
+    Read and written only for the assignment the backfiller planned (``begin``,
+    with Faust's rebalance count): after a rebalance another worker may own a
+    partition, or have changed it, so nothing is read or written until the new
+    assignment is planned (``NotPlanned``).
     """
 
     def __init__(
@@ -117,24 +125,27 @@ class Activations:
         self._generation = generation
         self._clock = clock
         self._held: dict[tuple[int, int], Activation] = {}
-        self._held_generation: int | None = None
-        # Per partition: whether it had never been planned when first read (an
-        # upgrade from a version without activations, or a new app_id).
-        self._adopting: dict[int, bool] = {}
+        self._planned: int | None = None
+        self._partitions: frozenset[int] = frozenset()
 
-    def forget(self) -> None:
+    def begin(self, generation: int, partitions: frozenset[int]) -> None:
+        """A new assignment: what is held is read again from the tables."""
         self._held.clear()
-        self._adopting.clear()
+        self._planned, self._partitions = generation, partitions
+
+    def current(self) -> bool:
+        return self._planned is not None and self._generation() == self._planned
 
     def get(self, destination: int, partition: int) -> Activation:
-        generation = self._generation()
-        if generation != self._held_generation:
-            self.forget()
-            self._held_generation = generation
+        if not self.current() or partition not in self._partitions:
+            raise NotPlanned(f"partition {partition} is not planned for this assignment")
         key = (destination, partition)
         held = self._held.get(key)
         if held is not None:
             return held
+        if self._tables.get_activation(PLANNED, partition) is None:
+            self._adopt(partition)
+            return self._held[key]
         dest = self._destinations[destination]
         stored = self._tables.get_activation(dest.name, partition)
         current = None
@@ -144,13 +155,7 @@ class Activations:
             except ValueError as exc:
                 # Replanning sends the destination's members again: duplicates, no loss.
                 log.error("activation of %s in partition %d: %s", dest.name, partition, exc)
-        planned = plan(
-            current,
-            dest.format.segment_ids,
-            self._clock(),
-            new_backfill_id(),
-            adopt=self._adopt(partition),
-        )
+        planned = plan(current, dest.format.segment_ids, self._clock(), new_backfill_id())
         if planned is not None:
             self._log_plan(dest.name, partition, current, planned)
             self.put(destination, partition, planned)
@@ -159,17 +164,33 @@ class Activations:
         self._held[key] = current
         return current
 
-    def _adopt(self, partition: int) -> bool:
-        """True for a partition no version that tracks activations planned: its
-        destinations take their mappings as they are, with nothing to send (what
-        the tables hold was exported already). It is marked as planned."""
-        adopting = self._adopting.get(partition)
-        if adopting is None:
-            adopting = self._tables.get_activation(PLANNED, partition) is None
-            if adopting:
-                self._tables.put_activation(PLANNED, {"since": self._clock()}, partition)
-            self._adopting[partition] = adopting
-        return adopting
+    def _adopt(self, partition: int) -> None:
+        """A partition no version that tracks activations planned (an upgrade, a
+        new app_id): every destination takes its mapping as it is, with nothing
+        to send (what the tables hold was exported already). All of them are
+        written in one go, the marker last: a crash before the marker is durable
+        adopts again, and a destination is never taken for new because another
+        one was read first."""
+        now = self._clock()
+        for index, dest in enumerate(self._destinations):
+            stored = self._tables.get_activation(dest.name, partition)
+            try:
+                current = activation_from_json(stored) if stored is not None else None
+            except ValueError:
+                current = None
+            adopted = plan(current, dest.format.segment_ids, now, new_backfill_id(), adopt=True)
+            if adopted is None:
+                assert current is not None
+                self._held[index, partition] = current
+            else:
+                if current is None:
+                    log.info(
+                        "%s, partition %d: mapping adopted; nothing to send", dest.name, partition
+                    )
+                else:
+                    self._log_plan(dest.name, partition, current, adopted)
+                self.put(index, partition, adopted)
+        self._tables.put_activation(PLANNED, {"since": now}, partition)
 
     def put(self, destination: int, partition: int, activation: Activation) -> None:
         """Holds ``activation`` and writes it (durable with the tables' next flush)."""
@@ -199,7 +220,7 @@ class Activations:
         before = frozenset() if current is None else current.active
         added, removed = planned.active - before, before - planned.active
         if current is None:
-            what = "first planned" if not planned.jobs else "new destination"
+            what = "new destination"
         else:
             what = f"mapped {sorted(added)}" if added else ""
             what += f"{'; ' if what else ''}unmapped {sorted(removed)}" if removed else ""
@@ -277,13 +298,16 @@ class Backfiller:
         assignment = self._assignment()
         if assignment is None:
             return IDLE_POLL_S
-        if assignment[0] != self._generation:
+        if assignment[0] != self._generation or not self._activations.current():
             return 0.0
-        waits = [
-            self._wait(index, now)
-            for index in range(len(self._destinations))
-            if self._has_work(index)
-        ]
+        try:
+            waits = [
+                self._wait(index, now)
+                for index in range(len(self._destinations))
+                if self._has_work(index)
+            ]
+        except NotPlanned:
+            return 0.0
         return min([IDLE_POLL_S, *waits])
 
     def _has_work(self, index: int) -> bool:
@@ -337,6 +361,8 @@ class Backfiller:
         try:
             await self._run()
             self._failures = 0
+        except NotPlanned:
+            self._generation = None  # a rebalance began meanwhile: planned again
         except Exception as exc:
             self._failed(exc)
 
@@ -365,10 +391,13 @@ class Backfiller:
             await self._plan(*assignment)
         now = self._clock()
         for index in range(len(self._destinations)):
+            # Each get() below raises NotPlanned once a rebalance began.
+            for partition in sorted(self._partitions):
+                if self._activations.get(index, partition).jobs:
+                    await self._next_job(index, partition)  # a request taken since: listed
             if self._has_work(index) and self._wait(index, now) == 0.0:
                 await self._slice(index)
-            if self._generation is None:
-                return  # a partition moved meanwhile
+        await self._tables.flush()  # jobs finished while listed
         self._report(now)
 
     def _still_owned(self, partition: int) -> bool:
@@ -377,23 +406,35 @@ class Backfiller:
             assignment is not None
             and assignment[0] == self._generation
             and partition in assignment[1]
+            and self._activations.current()
         )
 
     async def _plan(self, generation: int, partitions: frozenset[int]) -> None:
         """Plans each owned partition and lists the members of each of its jobs:
         a backfill sends the members of the moment its mapping is seen, even when
         it is queued behind another job."""
-        self._activations.forget()
+        self._generation = None
+        self._activations.begin(generation, partitions)
         self._passes.clear()
         self._finished.clear()
-        self._generation, self._partitions = generation, partitions
-        ids = self._tables.stored_memberships(partitions)
+        self._reported = {}
+        self._partitions = partitions
+        pending = {
+            partition
+            for index in range(len(self._destinations))
+            for partition in partitions
+            if self._activations.get(index, partition).jobs
+        }
+        await self._tables.flush()
+        # Each get() below raises NotPlanned if a rebalance began during a listing.
+        stored = self._tables.stored_memberships(pending) if pending else {}
         for index in range(len(self._destinations)):
-            for partition in sorted(partitions):
+            for partition in sorted(pending):
                 for job in self._activations.get(index, partition).jobs:
-                    await self._pass(index, partition, job, ids[partition])
+                    await self._pass(index, partition, job, stored[partition])
                 await self._next_job(index, partition)
         await self._tables.flush()
+        self._generation = generation
 
     async def _slice(self, index: int) -> None:
         destination = self._destinations[index]
@@ -451,9 +492,10 @@ class Backfiller:
             metrics.EXPORTS.labels(**labels, status=job.kind).inc(count)
             if not self._still_owned(partition):
                 # Planned again, from what the new owner stores; nothing more is
-                # read or written here for the partitions held until then.
+                # read or written here until then.
                 self._generation, self._partitions = None, frozenset()
-                continue
+                await self._tables.flush()  # what was stored before the loss
+                return
             activation = self._activations.get(index, partition)
             work = self._passes[index, partition, job.id]
             moved = replace(job, cursor=last, sent=job.sent + count, total=work.total)

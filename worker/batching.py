@@ -21,6 +21,7 @@ from faust.exceptions import FaustError
 
 from worker import metrics
 from worker.budget import MemoryBudget
+from worker.errors import RetryLater
 from worker.pipeline import InputMessage
 from worker.vocabulary import DeadLetterReason
 
@@ -67,7 +68,7 @@ def is_outage(exc: BaseException) -> bool:
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, (KafkaError, FaustError, OSError)):
+        if isinstance(cause, (KafkaError, FaustError, OSError, RetryLater)):
             return True
         seen.add(id(cause))
         if cause.__cause__ is not None:
@@ -259,6 +260,8 @@ class BatchRunner:
         """
         attempt = 0
         while True:
+            if attempt and self._background is not None:
+                await self._background.prepare()  # what a retry may wait for
             try:
                 await self._processor.process(messages)
                 return

@@ -28,6 +28,7 @@ from worker import deadletters, metrics
 from worker.budget import MemoryBudget
 from worker.control import parse_command
 from worker.deadletters import DeadLetter
+from worker.errors import RetryLater
 from worker.events import BadEvent, ProfileUpdate, Qualification, parse_profile_update
 from worker.events import parse_qualification as parse_qualification_event
 from worker.export import RecordFormat, encode
@@ -257,6 +258,8 @@ class BatchProcessor:
             self._check_state(batch)
         except BadEvent as exc:
             reason, detail = exc.reason, exc.detail
+        except RetryLater:
+            raise  # the whole batch is retried (worker.batching)
         except (orjson.JSONEncodeError, RecursionError) as exc:
             # Nested too deep to encode (orjson stops at 255 levels), or to merge.
             reason, detail = Reason.UNENCODABLE, f"{type(exc).__name__}: {exc}"

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from worker.activation import Activation
-from worker.control import encode_resend, follow_changelog, job_progress, new_job_id
+from worker.control import Progress, encode_resend, follow_changelog, job_progress, new_job_id
 from worker.kafka_client import kafka_client_kwargs
 from worker.settings import ConfigError, Settings
 
@@ -151,9 +151,14 @@ class _Follower:
         self._settings = settings
         self._tps = [TopicPartition(changelog, p["partition"]) for p in described["partitions"]]
         self._destination = destination
+        self._job_id = ""
         self._states: dict[int, Activation] = {}
+        # Where the job was seen per partition, kept once seen: a partition's
+        # latest activation forgets a job pushed out of its ``done`` by later ones.
+        self._seen: dict[int, tuple[bool, int, int]] = {}  # (done, sent, total)
 
     async def run(self, job_id: str, partitions: int, wait: bool, deadline: float, say: Say) -> int:
+        self._job_id = job_id
         kafka = self._settings.kafka
         consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap_servers,
@@ -165,7 +170,7 @@ class _Follower:
             consumer.assign(self._tps)
             await consumer.seek_to_beginning(*self._tps)
             await self._read_to_end(consumer)
-            progress = job_progress(self._states, job_id)
+            progress = self._progress()
             if progress.taken < partitions:
                 refused = partitions - progress.taken
                 say(
@@ -179,7 +184,7 @@ class _Follower:
                 return 0
             shown_at = 0.0
             while True:
-                progress = job_progress(self._states, job_id)
+                progress = self._progress()
                 if progress.done >= partitions:
                     say(
                         f"{job_id}: done in {progress.done}/{partitions} partition(s): "
@@ -208,6 +213,20 @@ class _Follower:
         for records in fetched.values():
             for record in records:
                 follow_changelog(self._states, record.key, record.value, self._destination)
+                for partition, state in self._states.items():
+                    seen = job_progress({partition: state}, self._job_id)
+                    if seen.taken and not self._seen.get(partition, (False, 0, 0))[0]:
+                        self._seen[partition] = (bool(seen.done), seen.sent, seen.total)
+
+    def _progress(self) -> Progress:
+        done = [v for v in self._seen.values() if v[0]]
+        pending = [v for v in self._seen.values() if not v[0]]
+        return Progress(
+            len(done),
+            len(pending),
+            sum(v[1] for v in self._seen.values()),
+            sum(v[2] for v in self._seen.values()),
+        )
 
     async def _read_to_end(self, consumer: Any) -> None:
         ends = await consumer.end_offsets(self._tps)

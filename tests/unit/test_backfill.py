@@ -42,9 +42,18 @@ from tests.unit.test_pipeline import (
     ups,
 )
 from worker.activation import Activation, Job, activation_from_json, activation_to_json
-from worker.backfill import PLANNED, Activations, ActivationTables, Backfiller, new_backfill_id
+from worker.backfill import (
+    PLANNED,
+    Activations,
+    ActivationTables,
+    Backfiller,
+    NotPlanned,
+    new_backfill_id,
+)
+from worker.batching import is_outage
 from worker.budget import MemoryBudget
 from worker.control import encode_resend
+from worker.errors import RetryLater
 from worker.kinesis import KinesisWriter, WriterConfig
 from worker.membership import SegmentState, memberships_to_json
 from worker.pipeline import BatchProcessor, DeadLetterSink, Destination, InputMessage, Requests
@@ -521,11 +530,12 @@ async def test_a_partition_never_planned_adopts_every_destination() -> None:
         (ONE, 0): activation_to_json(Activation(frozenset({SEG_A, SEG_B}), START)),
         (TWO, 0): activation_to_json(Activation(frozenset({SEG_B, SEG_C}), START)),
     }
-    # The marker first, once for the partition; then durable.
+    # Every destination at once, the marker last (a crash before it is durable
+    # adopts again); once for the partition; then durable.
     assert [(name, p) for name, p, *_ in tables.activation_writes] == [
-        (PLANNED, 0),
         (ONE, 0),
         (TWO, 0),
+        (PLANNED, 0),
     ]
     assert tables.activation_writes[-1][3] < tables.flushes
     assert rig.backfiller.progress() == {}
@@ -617,6 +627,7 @@ async def test_a_malformed_activation_is_planned_as_a_new_destination() -> None:
 def test_activations_are_held_for_one_rebalance_count() -> None:
     tables = Tables()
     rig = Rig(config((SEG_A,)), tables)
+    rig.activations.begin(rig.generation, frozenset({0}))
     first = rig.activations.get(0, 0)
     [job] = first.jobs
     assert job.kind == JobKind.BACKFILL
@@ -628,19 +639,28 @@ def test_activations_are_held_for_one_rebalance_count() -> None:
     assert rig.activations.get(0, 0) == first  # held: not read again
     assert len(tables.activation_reads) == reads
     rig.generation += 1
-    assert rig.activations.get(0, 0) == theirs  # a new rebalance count: read again
+    # A rebalance began: nothing is read or written until it is planned again.
+    with pytest.raises(NotPlanned):
+        rig.activations.get(0, 0)
+    assert len(tables.activation_reads) == reads
+    rig.activations.begin(rig.generation, frozenset({0}))
+    assert rig.activations.get(0, 0) == theirs  # planned again: read again
     assert len(tables.activation_reads) > reads
+    with pytest.raises(NotPlanned):
+        rig.activations.get(0, 1)  # not owned in this assignment
     assert rig.activations.get(0, 0) == theirs
 
 
 def test_a_new_rebalance_count_reads_the_planned_marker_again() -> None:
     tables = Tables(planned=())
     rig = Rig(config((SEG_A,)), tables)
+    rig.activations.begin(rig.generation, frozenset({0}))
     assert rig.activations.get(0, 0) == Activation(frozenset({SEG_A}), START)  # adopted
     # Meanwhile the partition was planned elsewhere, and the activation dropped
     # (a value this worker could not read, say): a destination never seen again.
     del tables.activations[ONE, 0]
     rig.generation += 1
+    rig.activations.begin(rig.generation, frozenset({0}))
     [job] = rig.activations.get(0, 0).jobs
     assert job.kind == JobKind.BACKFILL
     assert [name for name, *_ in tables.activation_writes].count(PLANNED) == 1
@@ -970,6 +990,9 @@ async def test_a_resend_skips_a_profile_who_left_after_the_listing() -> None:
     ids = members(tables, 4, SEG_A)
     tables.store(ONE, 0, Activation(frozenset({SEG_A}), 1.0))
     rig = Rig(config((SEG_A,), limit=100), tables)  # slices of 10
+    with pytest.raises(NotPlanned):  # before the assignment is planned: retried later
+        rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))
+    await rig.backfiller.run()  # plans
     rig.activations.request(0, 0, "resend-1", frozenset({SEG_A}))
     await rig.backfiller.run()  # lists the members; the bucket starts empty
     assert rig.records() == []
@@ -1000,6 +1023,27 @@ async def test_a_resend_command_through_the_pipeline() -> None:
     assert tables.stored(ONE, 0).jobs == ()  # only the partition that took it
     await rig.backfiller.run()
     assert rig.keys() == ids[2:]
+
+
+async def test_a_command_during_a_rebalance_waits_for_the_plan_and_is_never_dead_lettered() -> None:
+    """A command read while a rebalance is under way (Faust resumes the streams
+    before the backfiller can plan): its batch is retried whole, like an
+    outage, and taken once the new assignment is planned."""
+    tables = Tables()
+    members(tables, 2, SEG_A)
+    settings = config((SEG_A,))
+    rig = Rig(settings, tables)
+    await rig.backfiller.run()
+    rig.generation += 1  # a rebalance began
+    command = encode_resend("resend-r", ONE, None)
+    with pytest.raises(RetryLater) as caught:
+        await rig.batch((settings.control_topic, b"resend-r", command, 0))
+    assert is_outage(caught.value)
+    assert rig.dead_letters.sent == []
+    assert [job.id for job in tables.stored(ONE, 0).jobs] == []
+    await rig.backfiller.prepare()  # what the batch loop does before the retry
+    await rig.batch((settings.control_topic, b"resend-r", command, 0))
+    assert [job.id for job in tables.stored(ONE, 0).jobs] == ["resend-r"]
 
 
 # -- dead letters -----------------------------------------------------------------------------

@@ -176,7 +176,9 @@ class FaustTables:
         found: dict[int, list[tuple[str, dict[str, Any]]]] = {p: [] for p in partitions}
         if hasattr(store, "_dbs"):  # RocksDB: one database per partition
             for partition in partitions:
-                db = store._db_for_partition(partition)
+                db = store._dbs.get(partition)  # never opened here: Faust opens its own
+                if db is None:
+                    continue
                 found[partition] = [
                     (store._decode_key(key), store._decode_value(value))
                     for key, value in store._visible_items(db)
