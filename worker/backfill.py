@@ -346,6 +346,8 @@ class Backfiller:
         """Before each batch: a new assignment is planned before any of its events
         is applied, so that a backfill sends the members as of its mapping (a
         profile joining later gets its live record, not a backfill one too)."""
+        if self._clock() < self._retry_at:
+            return  # after a failure: planned again once its backoff is over
         try:
             assignment = self._assignment()
         except Exception as exc:
