@@ -168,6 +168,48 @@ def test_a_killed_backfill_resumes_where_it_was(stack: Stack, tmp_path: Path) ->
         assert third.stop() == 0, third.log()
 
 
+def test_a_backfill_moves_with_its_partitions(stack: Stack, tmp_path: Path) -> None:
+    """A worker joins mid-backfill: the partitions it takes carry their pending
+    backfill and cursor; every member is sent, at most a slice in flight twice."""
+    # Paced to 50 records/s for one worker (half of 2 shards x 50/s): about 9 s.
+    destinations = one_stream("Backfill", [SEG_A])
+    destinations["stream"]["shard_records_per_s"] = 50
+    with Deployment(
+        stack, unique("it-backfill-move"), tmp_path, partitions=4, destinations=destinations
+    ) as deployment:
+        profiles = [f"m-{i:05d}" for i in range(PROFILES)]
+        first = deployment.worker("first")
+        first.start()
+        members = _qualify_a_and_b(deployment, profiles)
+        deployment.wait_consumed(timeout=120)
+        reader = deployment.readers[deployment.streams[0]]
+        _wait_records(reader, PROFILES, 90, "the entries to A")
+        assert first.stop() == 0, first.log()
+
+        _remap(deployment, [SEG_A, SEG_B])
+        one = deployment.worker("one")
+        one.start()
+        _wait_records(reader, PROFILES + 60, 60, "the start of the backfill")
+        two = deployment.worker("two")
+        two.start()
+        deadline = time.monotonic() + 120
+        while set(_backfilled(reader.records)) != {f"ecid-{p}" for p in members}:
+            assert time.monotonic() < deadline, one.log() + two.log()
+            reader.poll()
+            time.sleep(0.2)
+        time.sleep(2)
+        reader.poll()
+        backfilled = _backfilled(reader.records)
+        assert set(backfilled) == {f"ecid-{p}" for p in members}
+        duplicates = sum(backfilled.values()) - len(backfilled)
+        # A slice is 0.2 s of the pace: 10 records for one worker.
+        assert duplicates <= 10, f"{duplicates} sent twice"
+        assert two.metric("kd_exports_total", status="backfill") > 0, "no partition moved"
+        assert one.metric("kd_exports_total", status="backfill") >= 60
+        for worker in (one, two):
+            assert worker.stop() == 0, worker.log()
+
+
 def test_resend_reaches_every_partition_of_every_worker(stack: Stack, tmp_path: Path) -> None:
     destinations = one_stream("Resend", [SEG_A, SEG_B])
     with Deployment(
