@@ -45,9 +45,9 @@ from worker.budget import MemoryBudget
 from worker.deadletters import DeadLetter
 from worker.errors import RetryLater
 from worker.export import encode
-from worker.kinesis import Outcome, Record, Rejection
+from worker.kinesis import Record
 from worker.membership import memberships_from_json
-from worker.pipeline import DeadLetterSink, Destination, stored_identities
+from worker.pipeline import DeadLetterSink, Destination, rejected_letter, stored_identities
 from worker.vocabulary import DeadLetterReason as Reason
 from worker.vocabulary import JobKind
 
@@ -147,14 +147,7 @@ class Activations:
             self._adopt(partition)
             return self._held[key]
         dest = self._destinations[destination]
-        stored = self._tables.get_activation(dest.name, partition)
-        current = None
-        if stored is not None:
-            try:
-                current = activation_from_json(stored)
-            except ValueError as exc:
-                # Replanning sends the destination's members again: duplicates, no loss.
-                log.error("activation of %s in partition %d: %s", dest.name, partition, exc)
+        current = self._stored(dest.name, partition)
         planned = plan(current, dest.format.segment_ids, self._clock(), new_backfill_id())
         if planned is not None:
             self._log_plan(dest.name, partition, current, planned)
@@ -173,11 +166,7 @@ class Activations:
         one was read first."""
         now = self._clock()
         for index, dest in enumerate(self._destinations):
-            stored = self._tables.get_activation(dest.name, partition)
-            try:
-                current = activation_from_json(stored) if stored is not None else None
-            except ValueError:
-                current = None
+            current = self._stored(dest.name, partition)
             adopted = plan(current, dest.format.segment_ids, now, new_backfill_id(), adopt=True)
             if adopted is None:
                 assert current is not None
@@ -191,6 +180,17 @@ class Activations:
                     self._log_plan(dest.name, partition, current, adopted)
                 self.put(index, partition, adopted)
         self._tables.put_activation(PLANNED, {"since": now}, partition)
+
+    def _stored(self, name: str, partition: int) -> Activation | None:
+        stored = self._tables.get_activation(name, partition)
+        if stored is None:
+            return None
+        try:
+            return activation_from_json(stored)
+        except ValueError as exc:
+            # Planned as never seen: its members are sent again, duplicates, no loss.
+            log.error("activation of %s in partition %d: %s", name, partition, exc)
+            return None
 
     def put(self, destination: int, partition: int, activation: Activation) -> None:
         """Holds ``activation`` and writes it (durable with the tables' next flush)."""
@@ -478,7 +478,8 @@ class Backfiller:
                     if outcome.accepted:
                         accepted[partition] += 1
                     else:
-                        letters.append(_rejected(record, key, job, partition, destination, outcome))
+                        source = _source(job, partition)
+                        letters.append(rejected_letter(key, source, record, outcome, destination))
         finally:
             self._memory.release_output(held)
         await asyncio.gather(*(self._dead_letters.send(x.key, x.value) for x in letters))
@@ -667,25 +668,15 @@ def _letter(
         Reason.INTERNAL_ERROR,
         f"{type(exc).__name__}: {exc}",
         None,
-        {"job": job.id, "kind": job.kind.value, "partition": partition},
+        _source(job, partition),
         destination=destination.name,
         stream=destination.settings.stream,
     )
 
 
-def _rejected(
-    record: Record, key: bytes, job: Job, partition: int, destination: Destination, outcome: Outcome
-) -> DeadLetter:
-    return deadletters.build(
-        key,
-        Reason(outcome.reason or Rejection.REJECTED_BY_KINESIS),
-        outcome.detail,
-        record.data,
-        {"job": job.id, "kind": job.kind.value, "partition": partition},
-        destination=destination.name,
-        stream=destination.settings.stream,
-        partitionKey=record.partition_key,
-    )
+def _source(job: Job, partition: int) -> dict[str, Any]:
+    """A backfill or re-send dead letter's source: no input offset caused it."""
+    return {"job": job.id, "kind": job.kind.value, "partition": partition}
 
 
 __all__ = ["ActivationTables", "Activations", "Assignment", "Backfiller"]

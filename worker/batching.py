@@ -227,9 +227,11 @@ class BatchRunner:
                 events = await self._batches.next_batch()
             else:
                 # Between two batches, never during one: see worker.backfill.
-                if background.due_in() <= 0:
+                wait_s = background.due_in()
+                if wait_s <= 0:
                     await background.run()
-                events = await self._batches.next_batch(background.due_in())
+                    wait_s = background.due_in()
+                events = await self._batches.next_batch(wait_s)
                 if not events:
                     continue
                 await background.prepare()

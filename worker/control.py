@@ -96,20 +96,22 @@ def new_job_id() -> str:
 
 def follow_changelog(
     states: dict[int, Activation], key: bytes | None, value: bytes | None, destination: str
-) -> None:
+) -> int | None:
     """Applies one message of the activations changelog to ``states``: the latest
-    activation of ``destination`` per partition. What is not one is skipped."""
+    activation of ``destination`` per partition. Returns the partition it
+    changed; what is not one is skipped (None)."""
     try:
         name = orjson.loads(key) if key is not None else None
         partition, dest = split_key(name) if isinstance(name, str) else (None, None)
         if partition is None or dest != destination:
-            return
+            return None
         if value is None:
             states.pop(partition, None)
         else:
             states[partition] = activation_from_json(orjson.loads(value))
     except (orjson.JSONDecodeError, ValueError):
-        return
+        return None
+    return partition
 
 
 @dataclass(frozen=True, slots=True)

@@ -572,14 +572,28 @@ def _dead_letter(
 
 
 def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> DeadLetter:
-    return _dead_letter(
-        export.message,
+    message = export.message
+    source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+    return rejected_letter(message.key, source, export.record, outcome, destination)
+
+
+def rejected_letter(
+    key: bytes | None,
+    source: dict[str, Any],
+    record: Record,
+    outcome: Outcome,
+    destination: Destination,
+) -> DeadLetter:
+    """The dead letter of a record the destination's stream will never accept."""
+    return deadletters.build(
+        key,
         Reason(outcome.reason or Rejection.REJECTED_BY_KINESIS),
         outcome.detail,
-        export.record.data,
+        record.data,
+        source,
         destination=destination.name,
         stream=destination.settings.stream,
-        partitionKey=export.record.partition_key,
+        partitionKey=record.partition_key,
     )
 
 

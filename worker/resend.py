@@ -212,11 +212,17 @@ class _Follower:
         fetched = await consumer.getmany(timeout_ms=timeout_ms)
         for records in fetched.values():
             for record in records:
-                follow_changelog(self._states, record.key, record.value, self._destination)
-                for partition, state in self._states.items():
-                    seen = job_progress({partition: state}, self._job_id)
-                    if seen.taken and not self._seen.get(partition, (False, 0, 0))[0]:
-                        self._seen[partition] = (bool(seen.done), seen.sent, seen.total)
+                partition = follow_changelog(
+                    self._states, record.key, record.value, self._destination
+                )
+                if partition is None or self._seen.get(partition, (False, 0, 0))[0]:
+                    continue  # nothing of this destination, or already done there
+                state = self._states.get(partition)
+                if state is None:
+                    continue
+                seen = job_progress({partition: state}, self._job_id)
+                if seen.taken:
+                    self._seen[partition] = (bool(seen.done), seen.sent, seen.total)
 
     def _progress(self) -> Progress:
         done = [v for v in self._seen.values() if v[0]]
