@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,23 +129,50 @@ def test_a_newly_mapped_segment_is_backfilled_once(
         assert third.stop() == 0, third.log()
 
 
+def _paced(shard_records_per_s: int) -> dict[str, dict[str, Any]]:
+    """One destination mapping A, with this write limit per shard (2 shards)."""
+    destinations = one_stream("Backfill", [SEG_A])
+    destinations["stream"]["shard_records_per_s"] = shard_records_per_s
+    return destinations
+
+
+def _b_mapped_after_its_members(
+    deployment: Deployment, prefix: str, entries_timeout: float
+) -> tuple[set[str], StreamReader]:
+    """A first worker maps A only while every profile qualifies (B unmapped); then
+    B is mapped for the workers started next. Returns B's members and the reader."""
+    profiles = [f"{prefix}-{i:05d}" for i in range(PROFILES)]
+    first = deployment.worker("first")
+    first.start()
+    members = _qualify_a_and_b(deployment, profiles)
+    deployment.wait_consumed(timeout=120)
+    reader = deployment.readers[deployment.streams[0]]
+    _wait_records(reader, PROFILES, entries_timeout, "the entries to A")
+    assert first.stop() == 0, first.log()
+    _remap(deployment, [SEG_A, SEG_B])
+    return members, reader
+
+
+def _wait_all_backfilled(
+    reader: StreamReader, members: set[str], timeout: float, logs: Callable[[], str]
+) -> Counter[str]:
+    """Waits until every member has a backfill record, then a little more."""
+    deadline = time.monotonic() + timeout
+    while set(_backfilled(reader.records)) != {f"ecid-{p}" for p in members}:
+        assert time.monotonic() < deadline, logs()
+        reader.poll()
+        time.sleep(0.2)
+    time.sleep(2)  # anything more would have come by now
+    reader.poll()
+    return _backfilled(reader.records)
+
+
 def test_a_killed_backfill_resumes_where_it_was(stack: Stack, tmp_path: Path) -> None:
     # Paced to 100 records/s (half of 2 shards x 100/s): about 5 s for B's members.
-    destinations = one_stream("Backfill", [SEG_A])
-    destinations["stream"]["shard_records_per_s"] = 100
     with Deployment(
-        stack, unique("it-backfill-kill"), tmp_path, partitions=4, destinations=destinations
+        stack, unique("it-backfill-kill"), tmp_path, partitions=4, destinations=_paced(100)
     ) as deployment:
-        profiles = [f"k-{i:05d}" for i in range(PROFILES)]
-        first = deployment.worker("first")
-        first.start()
-        members = _qualify_a_and_b(deployment, profiles)
-        deployment.wait_consumed(timeout=120)
-        reader = deployment.readers[deployment.streams[0]]
-        _wait_records(reader, PROFILES, 60, "the entries to A")
-        assert first.stop() == 0, first.log()
-
-        _remap(deployment, [SEG_A, SEG_B])
+        members, reader = _b_mapped_after_its_members(deployment, "k", 60)
         second = deployment.worker("second")
         second.start()
         _wait_records(reader, PROFILES + 100, 60, "the start of the backfill")
@@ -154,14 +182,7 @@ def test_a_killed_backfill_resumes_where_it_was(stack: Stack, tmp_path: Path) ->
 
         third = deployment.worker("third")
         third.start()
-        deadline = time.monotonic() + 90
-        while set(_backfilled(reader.records)) != {f"ecid-{p}" for p in members}:
-            assert time.monotonic() < deadline, third.log()
-            reader.poll()
-            time.sleep(0.2)
-        time.sleep(2)
-        reader.poll()
-        backfilled = _backfilled(reader.records)
+        backfilled = _wait_all_backfilled(reader, members, 90, third.log)
         duplicates = sum(backfilled.values()) - len(backfilled)
         # At most the slice in flight: 0.2 s of the pace, 20 records.
         assert duplicates <= 20, f"{duplicates} sent twice (killed after {killed_at})"
@@ -172,34 +193,16 @@ def test_a_backfill_moves_with_its_partitions(stack: Stack, tmp_path: Path) -> N
     """A worker joins mid-backfill: the partitions it takes carry their pending
     backfill and cursor; every member is sent, at most a slice in flight twice."""
     # Paced to 50 records/s for one worker (half of 2 shards x 50/s): about 9 s.
-    destinations = one_stream("Backfill", [SEG_A])
-    destinations["stream"]["shard_records_per_s"] = 50
     with Deployment(
-        stack, unique("it-backfill-move"), tmp_path, partitions=4, destinations=destinations
+        stack, unique("it-backfill-move"), tmp_path, partitions=4, destinations=_paced(50)
     ) as deployment:
-        profiles = [f"m-{i:05d}" for i in range(PROFILES)]
-        first = deployment.worker("first")
-        first.start()
-        members = _qualify_a_and_b(deployment, profiles)
-        deployment.wait_consumed(timeout=120)
-        reader = deployment.readers[deployment.streams[0]]
-        _wait_records(reader, PROFILES, 90, "the entries to A")
-        assert first.stop() == 0, first.log()
-
-        _remap(deployment, [SEG_A, SEG_B])
+        members, reader = _b_mapped_after_its_members(deployment, "m", 90)
         one = deployment.worker("one")
         one.start()
         _wait_records(reader, PROFILES + 60, 60, "the start of the backfill")
         two = deployment.worker("two")
         two.start()
-        deadline = time.monotonic() + 120
-        while set(_backfilled(reader.records)) != {f"ecid-{p}" for p in members}:
-            assert time.monotonic() < deadline, one.log() + two.log()
-            reader.poll()
-            time.sleep(0.2)
-        time.sleep(2)
-        reader.poll()
-        backfilled = _backfilled(reader.records)
+        backfilled = _wait_all_backfilled(reader, members, 120, lambda: one.log() + two.log())
         assert set(backfilled) == {f"ecid-{p}" for p in members}
         duplicates = sum(backfilled.values()) - len(backfilled)
         # A slice is 0.2 s of the pace: 10 records for one worker.
