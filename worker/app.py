@@ -24,7 +24,7 @@ from mode import CrashingSupervisor, Service
 from worker import faust as faust_fixes
 from worker import logs, metrics
 from worker.backfill import Activations, Backfiller
-from worker.batching import BatchRunner
+from worker.batching import Backgrounds, BatchRunner
 from worker.budget import MemoryBudget
 from worker.faust.deadletters import DeadLetterTopic
 from worker.faust.monitor import LeanMonitor
@@ -35,6 +35,8 @@ from worker.health import Health
 from worker.kafka_client import broker_credentials
 from worker.kinesis import AioBotoTransport, KinesisWriter, WriterConfig
 from worker.monitoring import StateSampler
+from worker.parking import Parking
+from worker.parking_log import KafkaParkingLog
 from worker.pipeline import BatchProcessor, Destination
 from worker.settings import Settings
 from worker.topics import TopicLayout, preflight
@@ -158,6 +160,7 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     profiles = app.Table("profiles", partitions=layout.partitions, key_type=str)
     memberships = app.Table("memberships", partitions=layout.partitions, key_type=str)
     activations_table = app.Table("activations", partitions=layout.partitions, key_type=str)
+    parking_table = app.Table("parking", partitions=layout.partitions, key_type=str)
 
     metrics.start_series(
         kafka.qualifications_topic,
@@ -182,10 +185,22 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         )
         destinations.append(Destination(destination, writer))
     memory = MemoryBudget(runtime.max_buffer_bytes)
-    tables = FaustTables(profiles, memberships, app.producer, activations_table)
+    tables = FaustTables(profiles, memberships, app.producer, activations_table, parking_table)
     dead_letters = DeadLetterTopic(app, kafka.dlq_topic)
     activations = Activations(destinations, tables, lambda: rebalance_count(app))
-    processor = BatchProcessor(settings, destinations, tables, dead_letters, memory, activations)
+    parking_log = KafkaParkingLog(app.producer, kafka)
+    parking = Parking(
+        destinations,
+        tables,
+        parking_log,
+        dead_letters,
+        lambda: owned_partitions(app, kafka.qualifications_topic),
+        lambda: rebalance_count(app),
+        [settings.parking_topic(d.name) for d in settings.destinations],
+    )
+    processor = BatchProcessor(
+        settings, destinations, tables, dead_letters, memory, activations, parking
+    )
 
     backfiller = Backfiller(
         destinations,
@@ -195,13 +210,15 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
         lambda: owned_partitions(app, kafka.qualifications_topic),
         layout.partitions,
         memory,
+        parking=parking,
     )
     runner = BatchRunner(
         processor,
         runtime.batch_max_events,
         runtime.batch_linger_ms / 1000,
         memory,
-        background=backfiller,
+        # Lanes first: a backfill waits for a destination whose records are parked.
+        background=Backgrounds(parking, backfiller),
     )
     metrics.BATCH_STALLED.set_function(runner.stalled_s)
     app.shutdown_timeout_s = runtime.shutdown_timeout_s
@@ -218,10 +235,13 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     faust_fixes.fetch.SPANS.track(input_topics)
     sampler = StateSampler(app, {"profiles": profiles, "memberships": memberships}, input_topics)
     repairs = Repairs(app, input_topics, runner.activity, sampler.lag_total)
-    health = Health(app, writers, repairs, runner.stalled_s, runtime.stall_timeout_s)
+    health = Health(app, parking.statuses, repairs, runner.stalled_s, runtime.stall_timeout_s)
     services: list[Service] = [
         Writers(writers),
-        WebServer(runtime.web_host, runtime.web_port, health.ready, health.alive),
+        parking_log,
+        WebServer(
+            runtime.web_host, runtime.web_port, health.ready, health.alive, health.destinations
+        ),
         sampler,
         repairs,
     ]

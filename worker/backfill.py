@@ -99,6 +99,23 @@ def new_backfill_id() -> str:
     return f"backfill-{uuid.uuid4().hex[:12]}"
 
 
+class Holds(Protocol):
+    """What the backfill asks of worker.parking."""
+
+    def holds(self, destination: int) -> bool: ...
+
+    def failed(self, destination: int, reason: str | None) -> None: ...
+
+
+# How long a slice waits for a stream that does not take it before the
+# destination is parked (worker.parking): live batches wait behind it.
+DRAIN_PATIENCE_S = 2.0
+
+
+class Deferred(RetryLater):
+    """A slice's stream did not take it in time: the destination is parked."""
+
+
 class NotPlanned(RetryLater):
     """The activations were planned for another assignment than the current one
     (a rebalance began since): a command waits until they are planned again."""
@@ -258,8 +275,12 @@ class Backfiller:
         partitions: int,
         memory: MemoryBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
+        parking: Holds | None = None,
     ) -> None:
-        """``partitions``: the input topics' partition count (the pace's split)."""
+        """``partitions``: the input topics' partition count (the pace's split);
+        ``parking``: a destination it holds (parked, paused or draining) gets no
+        slice, so that no current-member record overtakes a parked one."""
+        self._parking = parking
         self._destinations = list(destinations)
         self._activations = activations
         self._tables = tables
@@ -311,6 +332,8 @@ class Backfiller:
         return min([IDLE_POLL_S, *waits])
 
     def _has_work(self, index: int) -> bool:
+        if self._parking is not None and self._parking.holds(index):
+            return False
         return any(self._activations.get(index, p).jobs for p in self._partitions)
 
     def _rate(self, index: int) -> float | None:
@@ -473,7 +496,13 @@ class Backfiller:
                 taken.append((partition, job, last))
             accepted: Counter[int] = Counter()  # by partition
             if records:
-                outcomes = await destination.writer.put_all([r for r, *_ in records])
+                patience = None if self._parking is None else DRAIN_PATIENCE_S
+                outcomes = await destination.writer.put_all([r for r, *_ in records], patience)
+                if any(outcome.deferred for outcome in outcomes):
+                    assert self._parking is not None
+                    self._parking.failed(index, destination.writer.last_error)
+                    # Planned again from the stored cursors once it accepts again.
+                    raise Deferred(f"destination {destination.name} parked")
                 for (record, key, partition, job), outcome in zip(records, outcomes, strict=True):
                     if outcome.accepted:
                         accepted[partition] += 1

@@ -40,6 +40,26 @@ class Background(Protocol):
         """Runs before each batch."""
 
 
+class Backgrounds:
+    """Several works between batches, in the order given (each one's prepare, due
+    ones' run)."""
+
+    def __init__(self, *works: Background) -> None:
+        self._works = works
+
+    def due_in(self) -> float:
+        return min(work.due_in() for work in self._works)
+
+    async def run(self) -> None:
+        for work in self._works:
+            if work.due_in() <= 0:
+                await work.run()
+
+    async def prepare(self) -> None:
+        for work in self._works:
+            await work.prepare()
+
+
 class Processor(Protocol):
     async def process(self, messages: Sequence[InputMessage]) -> Any: ...
 

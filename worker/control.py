@@ -7,8 +7,9 @@ taken for good once its offset is committed (its effect, a job in the
 ``activations`` table, is durable by then). So a command reaches any number
 of workers, and survives their restarts and rebalances.
 
-``resend`` is the command here: this module has its format and how its
-progress is read from the activations changelog; worker.resend runs it.
+Commands: ``resend`` (worker.resend runs it; its progress is read from the
+activations changelog, here), ``pause`` and ``resume`` (a destination's
+records go to its parking topic, worker.parking, until resumed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import orjson
 
@@ -25,8 +27,10 @@ from worker.events import BadEvent
 from worker.vocabulary import DeadLetterReason as Reason
 
 __all__ = [
+    "Action",
     "Command",
     "Progress",
+    "encode_command",
     "encode_resend",
     "follow_changelog",
     "job_progress",
@@ -34,7 +38,13 @@ __all__ = [
     "parse_command",
 ]
 
-RESEND = "resend"
+
+class Action(StrEnum):
+    RESEND = "resend"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
 # A command is a small JSON object; anything larger is not one of ours.
 MAX_COMMAND_BYTES = 64 * 1024
 
@@ -44,18 +54,25 @@ class Command:
     id: str
     destination: str
     segments: frozenset[str] | None  # None: every segment the destination maps
+    action: Action = Action.RESEND
 
 
 def encode_resend(job_id: str, destination: str, segments: Sequence[str] | None) -> bytes:
-    return orjson.dumps(
-        {
-            "command": RESEND,
-            "id": job_id,
-            "destination": destination,
-            "segments": None if segments is None else list(segments),
-            "requestedAt": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-    )
+    return encode_command(Action.RESEND, job_id, destination, segments)
+
+
+def encode_command(
+    action: Action, command_id: str, destination: str, segments: Sequence[str] | None = None
+) -> bytes:
+    value: dict[str, object] = {
+        "command": action.value,
+        "id": command_id,
+        "destination": destination,
+    }
+    if action is Action.RESEND:
+        value["segments"] = None if segments is None else list(segments)
+    value["requestedAt"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return orjson.dumps(value)
 
 
 def parse_command(key: bytes | None, value: bytes | None) -> Command:
@@ -75,8 +92,10 @@ def parse_command(key: bytes | None, value: bytes | None) -> Command:
             raise BadEvent(Reason.MISSING_FIELD, f"{name!r} is required")
         if not isinstance(obj[name], str) or not obj[name]:
             raise BadEvent(Reason.INVALID_FIELD, f"{name!r} must be a non-empty string")
-    if obj["command"] != RESEND:
-        raise BadEvent(Reason.INVALID_FIELD, f"unknown command {obj['command']!r}")
+    try:
+        action = Action(obj["command"])
+    except ValueError:
+        raise BadEvent(Reason.INVALID_FIELD, f"unknown command {obj['command']!r}") from None
     segments = obj.get("segments")
     if segments is not None and (
         not isinstance(segments, list)
@@ -84,11 +103,16 @@ def parse_command(key: bytes | None, value: bytes | None) -> Command:
         or not all(isinstance(s, str) and s for s in segments)
     ):
         raise BadEvent(Reason.INVALID_FIELD, "'segments' must be a non-empty list of segment ids")
-    return Command(obj["id"], obj["destination"], None if segments is None else frozenset(segments))
+    return Command(
+        obj["id"],
+        obj["destination"],
+        None if segments is None else frozenset(segments),
+        action,
+    )
 
 
-def new_job_id() -> str:
-    return f"resend-{uuid.uuid4().hex[:12]}"
+def new_job_id(action: Action = Action.RESEND) -> str:
+    return f"{action.value}-{uuid.uuid4().hex[:12]}"
 
 
 # -- following a request -------------------------------------------------------------

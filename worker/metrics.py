@@ -15,6 +15,7 @@ from worker.kinesis import CallReport, TransportError, WriterObserver
 from worker.vocabulary import (
     ControlOutcome,
     DeadLetterReason,
+    DeliveryState,
     ExportStatus,
     JobKind,
     ProfileUpdateOutcome,
@@ -109,6 +110,33 @@ ACTIVATION_JOBS = Gauge(
     "Backfill and re-send jobs pending in this worker's partitions (one per partition)",
     ["destination", "kind"],
 )
+PARKED = Counter(
+    "kd_parked_total",
+    "Records written to the destination's parking topic, because its stream did not take "
+    "them in time or the destination is parked or paused (worker/parking.py)",
+    ["destination"],
+)
+DRAINED = Counter(
+    "kd_drained_total",
+    "Parked records accepted by the stream (also counted in kd_exports_total)",
+    ["destination"],
+)
+PARKED_NOW = Gauge(
+    "kd_parked_records",
+    "Records parked and not yet sent, in this worker's partitions",
+    ["destination"],
+)
+PARKED_OLDEST_AGE = Gauge(
+    "kd_parked_oldest_age_seconds",
+    "Age of the oldest record parked and not yet sent in this worker's partitions (0: none)",
+    ["destination"],
+)
+DELIVERY_STATE = Gauge(
+    "kd_destination_state",
+    "1 for the destination's delivery state on this worker: direct, parked (its stream "
+    "refused records), draining (sending what was parked), paused (by a command)",
+    ["destination", "state"],
+)
 PUT_RECORDS = Counter(
     "kd_put_records_total",
     "Records sent in PutRecords calls, by destination and result (accepted, failed)",
@@ -195,7 +223,9 @@ RECOVERY_REMAINING = Gauge(
     ["kind"],
 )
 RECOVERING = Gauge("kd_recovering", "1 while table recovery is in progress")
-READY = Gauge("kd_ready", "1 when tables are recovered and every stream is writable")
+READY = Gauge(
+    "kd_ready", "1 when tables are recovered and no rebalance is under way (parked streams count)"
+)
 WORKER_INFO = Gauge(
     "kd_worker_info",
     "1, with the worker's version, app id and store",
@@ -217,6 +247,9 @@ class DeliveryMetrics(WriterObserver):
             ACTIVATION_REMAINING.labels(destination=destination, kind=kind).set(0)
             ACTIVATION_JOBS.labels(destination=destination, kind=kind).set(0)
         RATE_LIMIT_WAIT.labels(destination=destination)
+        PARKED.labels(destination=destination)
+        DRAINED.labels(destination=destination)
+        set_parking(destination, DeliveryState.DIRECT, 0, 0.0)
         STREAM_WRITABLE.labels(destination=destination).set(0)
         self._in_flight = IN_FLIGHT.labels(destination=destination)
         self._in_flight.set(0)
@@ -270,6 +303,13 @@ class DeliveryMetrics(WriterObserver):
 
     def pending(self, records: int) -> None:
         self._pending.set(records)
+
+
+def set_parking(destination: str, state: DeliveryState, parked: int, oldest_age_s: float) -> None:
+    for each in DeliveryState:
+        DELIVERY_STATE.labels(destination=destination, state=each).set(1 if each is state else 0)
+    PARKED_NOW.labels(destination=destination).set(parked)
+    PARKED_OLDEST_AGE.labels(destination=destination).set(oldest_age_s)
 
 
 def start_series(

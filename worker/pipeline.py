@@ -26,7 +26,7 @@ import orjson
 
 from worker import deadletters, metrics
 from worker.budget import MemoryBudget
-from worker.control import parse_command
+from worker.control import Action, parse_command
 from worker.deadletters import DeadLetter
 from worker.errors import RetryLater
 from worker.events import BadEvent, ProfileUpdate, Qualification, parse_profile_update
@@ -92,6 +92,31 @@ class Requests(Protocol):
 
 class DeadLetterSink(Protocol):
     async def send(self, key: bytes | None, value: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class Parked:
+    """A record kept in Kafka while its stream refuses it (worker.parking), with
+    what its dead letter and its metrics need once it is sent."""
+
+    record: Record
+    status: ExportStatus
+    source: dict[str, Any]  # the input event's topic, partition, offset
+    key: bytes | None  # the input event's key
+    offset: int = -1  # in the parking partition, once written
+    timestamp: float = 0.0  # when it was parked (Kafka's timestamp), seconds
+
+
+class Router(Protocol):
+    """Which records go to their stream and which are parked (worker.parking)."""
+
+    def parks(self, destination: int, partition: int) -> bool: ...
+
+    def failed(self, destination: int, reason: str | None) -> None: ...
+
+    async def park(self, destination: int, records: Sequence[tuple[int, Parked]]) -> None: ...
+
+    def pause(self, destination: int, partition: int, paused: bool) -> None: ...
 
 
 # What one profile's stored state may weigh (key + JSON value): a changelog
@@ -202,8 +227,12 @@ class BatchProcessor:
         dead_letters: DeadLetterSink,
         memory: MemoryBudget | None = None,
         activations: Requests | None = None,
+        router: Router | None = None,
     ) -> None:
+        """``router``: parks the records of a stream that refuses them; without
+        one, a batch waits until every stream accepted its records."""
         self._destinations = list(destinations)
+        self._router = router
         self._destination_index = {d.name: i for i, d in enumerate(self._destinations)}
         self._activations = activations
         self._control_topic = settings.control_topic
@@ -376,6 +405,11 @@ class BatchProcessor:
                 Reason.UNKNOWN_DESTINATION,
                 f"no destination named {command.destination!r} in this worker's configuration",
             )
+        if command.action is not Action.RESEND:
+            if self._router is None:
+                raise RuntimeError("pause and resume need the parking router")
+            self._router.pause(index, message.partition, command.action is Action.PAUSE)
+            return ControlOutcome.TAKEN
         mapped = self._destinations[index].format.segment_ids
         segments = mapped if command.segments is None else command.segments
         if not segments <= mapped:
@@ -522,28 +556,61 @@ class BatchProcessor:
     # -- after the batch ------------------------------------------------------------
 
     async def _deliver(self, exports: list[_Export], report: BatchReport) -> list[DeadLetter]:
+        """Each destination's records to its stream (or its parking topic), all
+        destinations at once: one that waits holds none of the others."""
+        by_destination: list[list[_Export]] = [[] for _ in self._destinations]
         letters: list[DeadLetter] = []
-        for index, destination in enumerate(self._destinations):
-            mine = []
+        for export in exports:
+            if self._memory.fits(len(export.record.data)):
+                by_destination[export.destination].append(export)
+            else:
+                destination = self._destinations[export.destination]
+                letters.append(_too_large_for_memory(export, destination, self._memory.share))
+        # Each one runs to its end even when another fails: none is left putting
+        # while the batch is retried.
+        done = await asyncio.gather(
+            *(self._deliver_to(i, mine, report) for i, mine in enumerate(by_destination) if mine),
+            return_exceptions=True,
+        )
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+            letters.extend(result)
+        return letters
+
+    async def _deliver_to(
+        self, index: int, exports: list[_Export], report: BatchReport
+    ) -> list[DeadLetter]:
+        destination = self._destinations[index]
+        router = self._router
+        direct, parked = exports, list[_Export]()
+        if router is not None:
+            direct, parked = [], []
             for export in exports:
-                if export.destination != index:
-                    continue
-                if self._memory.fits(len(export.record.data)):
-                    mine.append(export)
-                else:
-                    letters.append(_too_large_for_memory(export, destination, self._memory.share))
-            if not mine:
-                continue
-            outcomes = await destination.writer.put_all([export.record for export in mine])
-            accepted: Counter[ExportStatus] = Counter()
-            for export, outcome in zip(mine, outcomes, strict=True):
+                (parked if router.parks(index, export.message.partition) else direct).append(export)
+        letters: list[DeadLetter] = []
+        accepted: Counter[ExportStatus] = Counter()
+        if direct:
+            patience = None if router is None else destination.settings.park_after_s
+            records = [export.record for export in direct]
+            outcomes = await destination.writer.put_all(records, patience)
+            deferred = []
+            for export, outcome in zip(direct, outcomes, strict=True):
                 if outcome.accepted:
                     accepted[export.status] += 1
+                elif outcome.deferred:
+                    deferred.append(export)
                 else:
                     letters.append(_rejected(export, destination, outcome))
-            for status, count in accepted.items():
-                report.exports += count
-                metrics.EXPORTS.labels(destination=destination.name, status=status).inc(count)
+            if deferred and router is not None:
+                router.failed(index, destination.writer.last_error)
+                # Other partitions than those parked already: their order holds.
+                parked.extend(deferred)
+        if parked and router is not None:
+            await router.park(index, [(e.message.partition, _parked(e)) for e in parked])
+        for status, count in accepted.items():
+            report.exports += count
+            metrics.EXPORTS.labels(destination=destination.name, status=status).inc(count)
         return letters
 
     def _write_state(self, overlay: dict[str, _Profile]) -> None:
@@ -567,14 +634,21 @@ def _dead_letter(
     payload: bytes | None,
     **context: Any,
 ) -> DeadLetter:
-    source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
-    return deadletters.build(message.key, reason, detail, payload, source, **context)
+    return deadletters.build(message.key, reason, detail, payload, _source(message), **context)
+
+
+def _source(message: InputMessage) -> dict[str, Any]:
+    return {"topic": message.topic, "partition": message.partition, "offset": message.offset}
 
 
 def _rejected(export: _Export, destination: Destination, outcome: Outcome) -> DeadLetter:
     message = export.message
-    source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
-    return rejected_letter(message.key, source, export.record, outcome, destination)
+    return rejected_letter(message.key, _source(message), export.record, outcome, destination)
+
+
+def _parked(export: _Export) -> Parked:
+    message = export.message
+    return Parked(export.record, export.status, _source(message), message.key)
 
 
 def rejected_letter(

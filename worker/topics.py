@@ -22,7 +22,7 @@ from worker.settings import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 # The Faust tables, whose changelog topics are "<app_id>-<table>-changelog".
-TABLES = ("profiles", "memberships", "activations")
+TABLES = ("profiles", "memberships", "activations", "parking")
 # Commands are short-lived: kept a week, so that a new app_id on a
 # "<app_id>-control" of its own starts with none, and a shared one holds few.
 CONTROL_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -84,6 +84,7 @@ async def _check_topics(settings: Settings, admin: AIOKafkaAdminClient) -> Topic
         await admin.create_topics([NewTopic(kafka.dlq_topic, q, kafka.replication_factor)])
         log.info("created dead-letter topic %s", kafka.dlq_topic)
     await _ensure_control_topic(admin, settings, q, existing)
+    await _ensure_parking_topics(admin, settings, q, existing)
     await _ensure_changelogs(admin, settings, q, existing)
     return TopicLayout(partitions=q)
 
@@ -108,6 +109,32 @@ async def _ensure_control_topic(
             f"but the input topics have {partitions}; it must have as many (delete it and "
             "the worker creates it again)"
         )
+
+
+async def _ensure_parking_topics(
+    admin: Any, settings: Settings, partitions: int, existing: Any
+) -> None:
+    """One parking topic per destination (worker.parking), co-partitioned with the
+    inputs; kept until deleted: a parked record is there until its stream took it."""
+    for destination in settings.destinations:
+        topic = settings.parking_topic(destination.name)
+        if topic not in existing:
+            config = {"retention.ms": "-1", "retention.bytes": "-1"}
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        topic, partitions, settings.kafka.replication_factor, topic_configs=config
+                    )
+                ]
+            )
+            log.info("created parking topic %s", topic)
+            continue
+        (entry,) = await admin.describe_topics([topic])
+        if len(entry["partitions"]) != partitions:
+            raise ConfigError(
+                f"destinations: the parking topic {topic!r} of {destination.name!r} has "
+                f"{len(entry['partitions'])} partitions but the input topics have {partitions}"
+            )
 
 
 async def _ensure_changelogs(

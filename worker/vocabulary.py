@@ -47,6 +47,17 @@ class ControlOutcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
+class DeliveryState(StrEnum):
+    """How a destination's records go (worker.parking): straight to the stream,
+    or to its parking topic because the stream refused them (``parked``), while
+    what was parked is sent (``draining``), or by hand (``paused``)."""
+
+    DIRECT = "direct"
+    PARKED = "parked"
+    DRAINING = "draining"
+    PAUSED = "paused"
+
+
 class QualificationOutcome(StrEnum):
     """What became of a qualification event."""
 

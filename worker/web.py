@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from mode import Service
@@ -29,8 +30,17 @@ class WebServer(Service):
     answers /healthz. Both are called on every request and must not block.
     """
 
-    def __init__(self, host: str, port: int, ready: Probe, alive: Probe) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Probe,
+        alive: Probe,
+        details: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """``details``: more for /readyz (each destination's delivery state)."""
         super().__init__()
+        self.details = details
         self.host = host
         self.port = port
         self.ready = ready
@@ -48,7 +58,10 @@ class WebServer(Service):
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ok, why = self.ready()
-        return web.json_response({"ready": ok, "detail": why}, status=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "detail": why}
+        if self.details is not None:
+            body["destinations"] = self.details()
+        return web.json_response(body, status=200 if ok else 503)
 
     async def on_start(self) -> None:
         application = web.Application()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from worker.activation import Activation, Job, activation_key, activation_to_json
 from worker.control import (
     MAX_COMMAND_BYTES,
-    RESEND,
+    Action,
     Command,
     Progress,
     encode_resend,
@@ -215,7 +215,7 @@ def test_encode_resend_form() -> None:
     body = orjson.loads(encode_resend("resend-1", DEST, ["s1", "s2"]))
     after = datetime.now(UTC)
     assert set(body) == {"command", "id", "destination", "segments", "requestedAt"}
-    assert body["command"] == RESEND == "resend"
+    assert body["command"] == Action.RESEND.value == "resend"
     assert body["id"] == "resend-1"
     assert body["destination"] == DEST
     assert body["segments"] == ["s1", "s2"]

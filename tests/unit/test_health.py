@@ -1,5 +1,5 @@
 """The probes: /healthz fails when events wait and no batch completes; /readyz
-while tables recover or a stream is not writable (worker/health.py, worker/web.py)."""
+while tables recover or a rebalance is under way; a parked destination is told (worker/health.py, worker/web.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 
 from worker.health import Health
+from worker.parking import DestinationStatus
+from worker.vocabulary import DeliveryState
 from worker.web import WebServer
 
 
@@ -21,8 +23,10 @@ def app(recovered: bool = True, rebalancing: bool = False) -> Any:
     return SimpleNamespace(tables=SimpleNamespace(recovery=recovery), rebalancing=rebalancing)
 
 
-def writer(stream: str, writable: bool) -> Any:
-    return SimpleNamespace(stream=stream, writable=writable)
+def delivery(name: str, state: DeliveryState, reason: str | None = None) -> Any:
+    return DestinationStatus(
+        name, state, reason, 3 if state is not DeliveryState.DIRECT else 0, 1.5
+    )
 
 
 async def probe(health: Health, path: str) -> tuple[int, Any]:
@@ -34,7 +38,7 @@ async def probe(health: Health, path: str) -> tuple[int, Any]:
 
 
 def stalled_for(seconds: float, repairs: Any = None) -> Health:
-    return Health(app(), [], repairs, lambda: seconds, stall_timeout_s=600.0)
+    return Health(app(), list, repairs, lambda: seconds, stall_timeout_s=600.0)
 
 
 async def test_alive_while_batches_complete() -> None:
@@ -53,21 +57,46 @@ async def test_stuck_when_lag_waits_and_no_event_is_fetched() -> None:
     assert (status, body) == (503, {"status": "stuck: lag waiting, no event fetched"})
 
 
-async def test_ready_only_when_recovered_and_every_stream_writable() -> None:
+async def test_ready_when_recovered_whatever_the_destinations_say() -> None:
     def ready(health: Health) -> Any:
         return probe(health, "/readyz")
 
-    streams = [writer("a", True), writer("b", True)]
-    assert await ready(Health(app(), streams, None, lambda: 0.0, 600.0)) == (
+    def direct() -> list[Any]:
+        return [delivery("a", DeliveryState.DIRECT), delivery("b", DeliveryState.DIRECT)]
+
+    assert await ready(Health(app(), direct, None, lambda: 0.0, 600.0)) == (
         200,
         {"ready": True, "detail": "ready"},
     )
-    for not_ready, detail in (
-        (Health(app(recovered=False), streams, None, lambda: 0.0, 600.0), "tables recovering"),
-        (Health(app(rebalancing=True), streams, None, lambda: 0.0, 600.0), "tables recovering"),
-        (
-            Health(app(), [writer("a", True), writer("b", False)], None, lambda: 0.0, 600.0),
-            "stream b not writable",
-        ),
+    for not_ready in (
+        Health(app(recovered=False), direct, None, lambda: 0.0, 600.0),
+        Health(app(rebalancing=True), direct, None, lambda: 0.0, 600.0),
     ):
-        assert await ready(not_ready) == (503, {"ready": False, "detail": detail})
+        assert await ready(not_ready) == (503, {"ready": False, "detail": "tables recovering"})
+
+
+async def test_a_parked_destination_leaves_the_worker_ready_and_says_why() -> None:
+    def held() -> list[Any]:
+        return [
+            delivery("a", DeliveryState.PARKED, "ResourceNotFoundException: gone"),
+            delivery("b", DeliveryState.DIRECT),
+            delivery("c", DeliveryState.PAUSED, "paused by a command"),
+        ]
+
+    health = Health(app(), held, None, lambda: 0.0, 600.0)
+    server = WebServer("127.0.0.1", 0, health.ready, health.alive, health.destinations)
+    response = await server._readyz(None)  # type: ignore[arg-type]
+    body = orjson.loads(response.body)  # type: ignore[arg-type]
+    assert response.status == 200
+    assert body["detail"] == (
+        "ready; destination a parked: ResourceNotFoundException: gone; "
+        "destination c paused: paused by a command"
+    )
+    assert body["destinations"]["a"] == {
+        "state": "parked",
+        "reason": "ResourceNotFoundException: gone",
+        "parkedRecords": 3,
+        "oldestParkedAgeSeconds": 1.5,
+    }
+    assert body["destinations"]["b"]["state"] == "direct"
+    assert health.alive() == (True, "alive")

@@ -83,14 +83,21 @@ class _PartitionOnly:
 
 class FaustTables:
     """The pipeline's StateTables on two Faust tables keyed by profile id, and
-    the activations table keyed "<partition>/<destination>" (worker.backfill)."""
+    the activations and parking tables keyed "<partition>/<destination>"
+    (worker.backfill, worker.parking)."""
 
     def __init__(
-        self, profiles: Any, memberships: Any, producer: Any, activations: Any = None
+        self,
+        profiles: Any,
+        memberships: Any,
+        producer: Any,
+        activations: Any = None,
+        parking: Any = None,
     ) -> None:
         self.profiles = profiles
         self.memberships = memberships
         self.activations = activations
+        self.parking = parking
         self._producer = producer  # Faust's Producer; its aiokafka producer once started
         self._pending: dict[TopicPartition, _Changes] = {}
         # What Faust's Registry.dumps_key/dumps_value come down to for a str key
@@ -101,7 +108,7 @@ class FaustTables:
                 codecs.get_codec(table.key_serializer).dumps,
                 codecs.get_codec(table.value_serializer).dumps,
             )
-            for table in (profiles, memberships, activations)
+            for table in (profiles, memberships, activations, parking)
             if table is not None
         }
 
@@ -208,6 +215,18 @@ class FaustTables:
     ) -> None:
         key = activation_key(partition, destination)
         self._put(self.activations, key, value, PartitionScope(partition))
+
+    def get_parking(self, destination: str, partition: int) -> dict[str, Any] | None:
+        """A destination's parking lane in ``partition`` (worker.parking)."""
+        with event_scope(PartitionScope(partition)):
+            value: dict[str, Any] | None = self.parking.data.get(
+                activation_key(partition, destination)
+            )
+            return value
+
+    def put_parking(self, destination: str, value: dict[str, Any] | None, partition: int) -> None:
+        key = activation_key(partition, destination)
+        self._put(self.parking, key, value, PartitionScope(partition))
 
     def put_profile(self, profile_id: str, value: dict[str, Any] | None, scope: Any) -> None:
         self._put(self.profiles, profile_id, value, scope)

@@ -48,11 +48,14 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """Accepted by Kinesis, or rejected for good: ``reason`` says why (for the dead letter)."""
+    """Accepted by Kinesis, or rejected for good: ``reason`` says why (for the
+    dead letter); or ``deferred``: not accepted within the caller's patience
+    (``detail`` says what the stream answered), for the caller to keep."""
 
     accepted: bool
     reason: Rejection | None = None
     detail: str | None = None
+    deferred: bool = False
 
 
 ACCEPTED = Outcome(accepted=True)
@@ -147,6 +150,8 @@ class KinesisWriter:
         self._limiter = ShardRateLimiter(
             self._config.shard_records_per_s, self._config.shard_bytes_per_s
         )
+        # What the stream last answered instead of accepting a record.
+        self.last_error: str | None = None
 
     async def start(self) -> None:
         """Reads the stream's maximum record size; a failure keeps the default."""
@@ -196,8 +201,18 @@ class KinesisWriter:
             )
         return None
 
-    async def put_all(self, records: Sequence[Record]) -> list[Outcome]:
-        """Puts every record; returns when each is accepted or rejected for good."""
+    async def put_all(
+        self, records: Sequence[Record], patience_s: float | None = None
+    ) -> list[Outcome]:
+        """Puts every record; returns when each is accepted or rejected for good.
+
+        With ``patience_s``, gives up instead once a failed wave leaves it
+        without a record accepted for that long (0: after the first failed
+        wave), or at once when the stream refuses writes (``TransportError.fatal``):
+        the records not accepted then are ``deferred``, and for each key they
+        are the tail of its records, in order. Calls in flight are settled
+        first, so a deferred record was never accepted (unless its reply was lost).
+        """
         outcomes: list[Outcome | None] = [None] * len(records)
         queues: dict[str, deque[int]] = {}
         for index, record in enumerate(records):
@@ -212,7 +227,9 @@ class KinesisWriter:
         self._pending += waiting
         self._observer.pending(self._pending)
         try:
-            return await self._put_queued(records, outcomes, queues, isolate, sent_before)
+            return await self._put_queued(
+                records, outcomes, queues, isolate, sent_before, patience_s
+            )
         finally:
             self._pending -= waiting
             self._observer.pending(self._pending)
@@ -224,8 +241,10 @@ class KinesisWriter:
         queues: dict[str, deque[int]],
         isolate: set[int],
         sent_before: bytearray,
+        patience_s: float | None = None,
     ) -> list[Outcome]:
         attempt = 0
+        last_progress = time.monotonic()
         if time.monotonic() - self._shards_listed_at > self._config.shard_refresh_s:
             await self._refresh_shards()
         shard_of: dict[str, str | None] = {}
@@ -242,9 +261,16 @@ class KinesisWriter:
                     queue.popleft()
                     if not queue:
                         del queues[records[index].partition_key]
+            if progressed:
+                last_progress = time.monotonic()
             if self.writable != (fatal is None):
                 self._observer.writable_changed(fatal is None, fatal)
             self.writable = fatal is None
+            if fatal is not None:
+                self.last_error = str(fatal)
+            waited = time.monotonic() - last_progress
+            if patience_s is not None and (fatal is not None or (failed and waited >= patience_s)):
+                return self._defer(outcomes, queues)
             if fatal is not None:
                 log.error(
                     "stream %s refuses writes (%s); retrying in %.0fs",
@@ -267,6 +293,15 @@ class KinesisWriter:
                 await asyncio.sleep(random.uniform(0, cap))  # full jitter
             else:
                 attempt = 0
+        return [outcome or ACCEPTED for outcome in outcomes]
+
+    def _defer(
+        self, outcomes: list[Outcome | None], queues: dict[str, deque[int]]
+    ) -> list[Outcome]:
+        deferred = Outcome(False, None, self.last_error, deferred=True)
+        for queue in queues.values():
+            for index in queue:
+                outcomes[index] = deferred
         return [outcome or ACCEPTED for outcome in outcomes]
 
     async def _within_shard_limits(
@@ -327,6 +362,7 @@ class KinesisWriter:
                 except TransportError as exc:
                     report.elapsed = loop.time() - started
                     report.call_error = exc.code
+                    self.last_error = str(exc)
                     report.failed_by_code[exc.code] += len(call.indices)
                     failed += len(call.indices)
                     if exc.code == "ValidationException":
@@ -370,6 +406,7 @@ class KinesisWriter:
             else:
                 failed += 1
                 report.failed_by_code[reply.error_code] += 1
+                self.last_error = f"{reply.error_code}: {reply.error_message}"
                 if reply.error_code == THROTTLED:
                     shard_id = (
                         self._shards.shard_for(record.partition_key) if self._shards else None

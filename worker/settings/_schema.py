@@ -5,6 +5,8 @@ docs/configuration.md lists them for people; config/example.yaml shows them.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -82,6 +84,13 @@ class DestinationSettings(Strict):
     shard_bytes_per_s: int = Field(default=1024 * 1024, ge=0)
     # PutRecords calls in flight at once to this stream.
     max_in_flight: int = Field(default=8, ge=1, le=256)
+    # A stream that has accepted none of a batch's records for this long (at
+    # once when it refuses writes: stream missing, access denied, KMS) gets its
+    # records parked in Kafka, so that the other destinations go on
+    # (worker.parking).
+    park_after_s: float = Field(default=30.0, ge=0, le=3600)
+    # While parked, the stream is tried again this often (with parked records).
+    park_probe_s: float = Field(default=10.0, gt=0, le=3600)
 
     def transport(self) -> TransportConfig:
         """Where and as whom the delivery package calls this destination's stream."""
@@ -386,6 +395,17 @@ class Settings(Strict):
     def control_topic(self) -> str:
         """The control topic's name (kafka.control_topic, else "<app_id>-control")."""
         return self.kafka.control_topic or f"{self.app_id}-control"
+
+    def parking_topic(self, destination: str) -> str:
+        """Where a destination's records wait while its stream refuses them
+        (worker.parking): ``<app_id>-parking-<destination>``. A name with
+        characters a topic name cannot hold gets them as ``_`` and a hash of
+        the name, so that two names never share a topic."""
+        safe = re.sub(r"[^a-zA-Z0-9._-]", "_", destination)
+        if safe != destination:
+            digest = hashlib.sha256(destination.encode()).hexdigest()[:8]
+            safe = f"{safe[:180]}-{digest}"
+        return f"{self.app_id}-parking-{safe}"[:249]
 
     @model_validator(mode="after")
     def _control_topic_is_its_own(self) -> Self:

@@ -1,0 +1,457 @@
+"""Parking: a destination whose stream refuses records never holds the others.
+
+Offsets are committed once every destination took a batch's records. A stream
+that refuses them (deleted, access denied, a KMS key disabled, an outage)
+would then stop every destination of the worker. Instead, once it has accepted
+none of a batch's records for ``park_after_s`` (at once for errors that no
+retry soon heals, ``TransportError.fatal``), the records it did not take are
+written to the destination's parking topic in Kafka, and the batch goes on.
+
+- **Lanes.** The parking topic ``<app_id>-parking-<destination>`` has the
+  input topics' partition count. A record is parked in the partition of the
+  input event it came from: the worker that owns input partition ``p`` parks
+  and drains partition ``p`` of every parking topic, so the lanes move with
+  the partitions on rebalances, like the tables.
+- **Order.** While a lane holds records not yet sent (or the destination is
+  parked, or paused), every new record of that lane is parked too, behind
+  them: no later record of a profile overtakes a parked one.
+- **Durability.** Parked records are written (acks=all) before the batch is
+  acknowledged; how far each lane was sent (``drained``) and whether it is
+  paused are in the ``parking`` table (key ``<partition>/<destination>``),
+  written once the stream accepted what it covers. A crash resends at most
+  the slice in flight; nothing parked is lost.
+- **Probe and drain.** Between two batches (the loop of worker.batching, as
+  for backfills), a parked destination is tried again every ``park_probe_s``
+  with its oldest parked records, in one attempt. Once the stream accepts
+  them, its lanes are drained a slice at a time, in order, then go direct.
+- **Pause.** ``pause``/``resume`` commands (worker.control) park a
+  destination by hand, per partition (the command is in every one).
+
+What a worker knows of the lanes holds for one assignment (Faust's
+rebalance count): after a rebalance they are read again from the table and
+from Kafka's end offsets before any record is routed (``NotPlanned``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from worker import metrics
+from worker.backfill import DRAIN_PATIENCE_S
+from worker.batching import is_outage
+from worker.errors import RetryLater
+from worker.pipeline import DeadLetterSink, Destination, Parked, rejected_letter
+from worker.vocabulary import DeliveryState, ExportStatus
+
+log = logging.getLogger(__name__)
+
+# Records sent per drain slice (one PutRecords call at most).
+SLICE = 500
+IDLE_POLL_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+class ParkingLog(Protocol):
+    """The parking topics in Kafka (worker.parking_log)."""
+
+    async def write(self, topic: str, partition: int, records: Sequence[Parked]) -> list[int]:
+        """Writes ``records`` in order; returns their offsets once Kafka has them."""
+
+    async def end_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]: ...
+
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Parked]:
+        """Up to ``limit`` records from ``offset`` on, in order (fewer: none more yet)."""
+
+
+class ParkingTables(Protocol):
+    def get_parking(self, destination: str, partition: int) -> dict[str, Any] | None: ...
+
+    def put_parking(
+        self, destination: str, value: dict[str, Any] | None, partition: int
+    ) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class NotPlanned(RetryLater):
+    """The lanes are not read for the current assignment yet (a rebalance began):
+    the batch is retried once they are (``prepare``)."""
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One destination's parking partition, as this worker owns it."""
+
+    drained: int  # the first offset not sent yet
+    end: int  # the next offset to be written
+    paused: bool = False
+    oldest: float | None = None  # when the record at ``drained`` was parked
+    # Offsets past ``drained`` already sent (a slice partly accepted).
+    sent: set[int] = field(default_factory=set)
+
+    @property
+    def backlog(self) -> int:
+        return max(0, self.end - self.drained - len(self.sent))
+
+    def stored(self) -> dict[str, Any]:
+        return {"drained": self.drained, "paused": self.paused}
+
+
+@dataclass(slots=True)
+class _Fault:
+    reason: str
+    since: float
+    probe_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationStatus:
+    """What /readyz and the metrics say of one destination."""
+
+    name: str
+    state: DeliveryState
+    reason: str | None
+    parked: int  # records parked and not sent, in this worker's lanes
+    oldest_age_s: float  # 0 when none
+
+
+Assignment = Callable[[], tuple[int, frozenset[int]] | None]
+
+
+class Parking:
+    """Routes each destination's records (direct or parked), drains the lanes."""
+
+    def __init__(
+        self,
+        destinations: Sequence[Destination],
+        tables: ParkingTables,
+        parking_log: ParkingLog,
+        dead_letters: DeadLetterSink,
+        assignment: Assignment,
+        generation: Callable[[], int],
+        topics: Sequence[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``topics``: each destination's parking topic; ``assignment``: Faust's
+        rebalance count and owned input partitions (None while one is under
+        way); ``generation``: the rebalance count alone."""
+        self._destinations = list(destinations)
+        self._tables = tables
+        self._log = parking_log
+        self._dead_letters = dead_letters
+        self._assignment = assignment
+        self._generation = generation
+        self._topics = list(topics)
+        self._clock = clock
+        self._planned: int | None = None
+        self._lanes: list[dict[int, _Lane]] = [{} for _ in self._destinations]
+        self._faults: list[_Fault | None] = [None for _ in self._destinations]
+        self._retry_at = 0.0
+        self._failures = 0
+
+    # -- routing (during a batch) ----------------------------------------------------
+
+    def _lane(self, index: int, partition: int) -> _Lane:
+        if self._planned is None or self._planned != self._generation():
+            raise NotPlanned("parking lanes not read for this assignment yet")
+        lane = self._lanes[index].get(partition)
+        if lane is None:
+            raise NotPlanned(f"partition {partition} not in the assignment read")
+        return lane
+
+    def parks(self, index: int, partition: int) -> bool:
+        """Whether a new record of this destination and input partition is parked."""
+        lane = self._lane(index, partition)
+        return self._faults[index] is not None or lane.paused or lane.backlog > 0
+
+    def holds(self, index: int) -> bool:
+        """Whether any record of the destination is parked or would be (backfills wait)."""
+        if self._planned is None or self._planned != self._generation():
+            return True
+        lanes = self._lanes[index].values()
+        return self._faults[index] is not None or any(lane.paused or lane.backlog for lane in lanes)
+
+    def failed(self, index: int, reason: str | None) -> None:
+        """The destination's stream did not take records in time: it is parked."""
+        now = self._clock()
+        fault = self._faults[index]
+        name = self._destinations[index].name
+        if fault is None:
+            log.error(
+                "destination %s parked: its stream did not accept records (%s); its records "
+                "go to %s until it does, the other destinations go on",
+                name,
+                reason,
+                self._topics[index],
+                extra={"destination": name},
+            )
+        probe_s = self._destinations[index].settings.park_probe_s
+        since = now if fault is None else fault.since
+        self._faults[index] = _Fault(reason or "not accepted", since, now + probe_s)
+        self._report()
+
+    async def park(self, index: int, records: Sequence[tuple[int, Parked]]) -> None:
+        """Writes (input partition, record) pairs to the destination's lanes, in order."""
+        by_partition: dict[int, list[Parked]] = {}
+        for partition, parked in records:
+            self._lane(index, partition)  # planned, owned
+            by_partition.setdefault(partition, []).append(parked)
+        topic = self._topics[index]
+        written = await asyncio.gather(
+            *(self._log.write(topic, p, chunk) for p, chunk in by_partition.items())
+        )
+        now = self._clock()
+        for (partition, chunk), offsets in zip(by_partition.items(), written, strict=True):
+            lane = self._lanes[index][partition]
+            if lane.backlog == 0:
+                lane.oldest = now
+            lane.end = max(lane.end, offsets[-1] + 1)
+            if lane.drained > offsets[0]:
+                lane.drained = offsets[0]  # never: the log's end was read at planning
+            metrics.PARKED.labels(destination=self._destinations[index].name).inc(len(chunk))
+        self._report()
+
+    def pause(self, index: int, partition: int, paused: bool) -> None:
+        """A pause or resume command of this partition (taken with its batch)."""
+        lane = self._lane(index, partition)
+        if lane.paused == paused:
+            return
+        lane.paused = paused
+        self._tables.put_parking(self._destinations[index].name, lane.stored(), partition)
+        log.info(
+            "destination %s %s in partition %d",
+            self._destinations[index].name,
+            "paused" if paused else "resumed",
+            partition,
+            extra={"destination": self._destinations[index].name, "partition": partition},
+        )
+        self._report()
+
+    # -- status ----------------------------------------------------------------------
+
+    def statuses(self) -> list[DestinationStatus]:
+        now = self._clock()
+        found = []
+        for index, destination in enumerate(self._destinations):
+            lanes = list(self._lanes[index].values())
+            fault = self._faults[index]
+            backlog = sum(lane.backlog for lane in lanes)
+            oldest = [lane.oldest for lane in lanes if lane.backlog and lane.oldest is not None]
+            reason: str | None
+            if fault is not None:
+                state, reason = DeliveryState.PARKED, fault.reason
+            elif lanes and all(lane.paused for lane in lanes):
+                state, reason = DeliveryState.PAUSED, "paused by a command"
+            elif backlog or any(lane.paused for lane in lanes):
+                paused = sum(1 for lane in lanes if lane.paused)
+                state = DeliveryState.PAUSED if paused else DeliveryState.DRAINING
+                reason = f"paused in {paused} partition(s)" if paused else None
+            else:
+                state, reason = DeliveryState.DIRECT, None
+            age = max(0.0, now - min(oldest)) if oldest else 0.0
+            found.append(DestinationStatus(destination.name, state, reason, backlog, age))
+        return found
+
+    def _report(self) -> None:
+        for status in self.statuses():
+            metrics.set_parking(status.name, status.state, status.parked, status.oldest_age_s)
+
+    # -- between batches (worker.batching.Background) --------------------------------
+
+    def due_in(self) -> float:
+        """Seconds until a probe or a drain slice is due (0: now). Never raises."""
+        now = self._clock()
+        if now < self._retry_at:
+            return min(IDLE_POLL_S, self._retry_at - now)
+        assignment = self._assignment()
+        if assignment is None:
+            return IDLE_POLL_S
+        if assignment[0] != self._planned:
+            return 0.0
+        waits = [IDLE_POLL_S]
+        for index, fault in enumerate(self._faults):
+            if fault is not None:
+                waits.append(max(0.0, fault.probe_at - now))
+            elif self._drainable(index):
+                waits.append(0.0)
+        return min(waits)
+
+    def _drainable(self, index: int) -> list[int]:
+        lanes = self._lanes[index]
+        return sorted(p for p, lane in lanes.items() if lane.backlog and not lane.paused)
+
+    async def prepare(self) -> None:
+        """Before each batch: the lanes of a new assignment are read first."""
+        if self._clock() < self._retry_at:
+            return
+        assignment = self._assignment()
+        if assignment is not None and assignment[0] != self._planned:
+            await self.run()
+
+    async def run(self) -> None:
+        """Reads a new assignment's lanes; probes the parked destinations that are
+        due, drains a slice of each draining one. Failures are retried later."""
+        try:
+            await self._run()
+            self._failures = 0
+        except Exception as exc:
+            self._failures += 1
+            delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
+            self._retry_at = self._clock() + delay
+            self._planned = None  # read again from the table and Kafka
+            if is_outage(exc):
+                log.warning(
+                    "parking failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay
+                )
+            else:
+                log.error(
+                    "parking failed (%s); retry in %.1fs",
+                    type(exc).__name__,
+                    delay,
+                    extra={"traceback": "".join(traceback.format_tb(exc.__traceback__))},
+                )
+        self._report()
+
+    async def _run(self) -> None:
+        assignment = self._assignment()
+        if assignment is None:
+            return
+        if assignment[0] != self._planned:
+            await self._plan(*assignment)
+        now = self._clock()
+        for index, fault in enumerate(self._faults):
+            drainable = self._drainable(index)
+            if fault is not None:
+                if now < fault.probe_at:
+                    continue
+                if not drainable:
+                    self._faults[index] = None  # nothing parked here to try it with
+                    continue
+                # One attempt with the oldest records: the probe is a real write.
+                if await self._slice(index, drainable[0], patience_s=0.0):
+                    self._recovered(index, now - fault.since)
+                continue
+            for partition in drainable:
+                if not await self._slice(index, partition, DRAIN_PATIENCE_S):
+                    break
+        await self._tables.flush()
+
+    def _recovered(self, index: int, parked_s: float) -> None:
+        self._faults[index] = None
+        name = self._destinations[index].name
+        backlog = sum(lane.backlog for lane in self._lanes[index].values())
+        log.info(
+            "destination %s accepts records again after %.0fs parked: draining %d parked record(s)",
+            name,
+            parked_s,
+            backlog,
+            extra={"destination": name},
+        )
+
+    async def _plan(self, generation: int, partitions: frozenset[int]) -> None:
+        self._planned = None
+        lanes: list[dict[int, _Lane]] = []
+        for index, destination in enumerate(self._destinations):
+            ends = await self._log.end_offsets(self._topics[index], partitions)
+            mine: dict[int, _Lane] = {}
+            for partition in sorted(partitions):
+                stored = self._tables.get_parking(destination.name, partition) or {}
+                end = ends.get(partition, 0)
+                # A parking topic created again starts at 0: what the table says
+                # past its end was sent from the old one.
+                drained = min(int(stored.get("drained", 0)), end)
+                lane = _Lane(drained, end, bool(stored.get("paused", False)))
+                if lane.backlog:
+                    first = await self._log.read(self._topics[index], partition, drained, 1)
+                    lane.oldest = first[0].timestamp if first else self._clock()
+                mine[partition] = lane
+            lanes.append(mine)
+            parked = sum(lane.backlog for lane in mine.values())
+            if parked:
+                log.info(
+                    "destination %s: %d parked record(s) in %d owned partition(s) to send",
+                    destination.name,
+                    parked,
+                    sum(1 for lane in mine.values() if lane.backlog),
+                    extra={"destination": destination.name},
+                )
+        if generation != self._generation():
+            return  # a rebalance began while reading: read again
+        self._lanes = lanes
+        self._planned = generation
+
+    def _owned(self, partition: int) -> bool:
+        assignment = self._assignment()
+        return (
+            assignment is not None
+            and assignment[0] == self._planned
+            and partition in assignment[1]
+            and self._generation() == self._planned
+        )
+
+    async def _slice(self, index: int, partition: int, patience_s: float) -> bool:
+        """Sends the lane's next parked records; False when the stream did not
+        take them (the destination is parked again)."""
+        destination = self._destinations[index]
+        lane = self._lanes[index][partition]
+        fetched = await self._log.read(self._topics[index], partition, lane.drained, SLICE + 1)
+        if not fetched:
+            # Nothing there: the log ends earlier than thought (a topic created again).
+            ends = await self._log.end_offsets(self._topics[index], [partition])
+            lane.end = ends.get(partition, lane.drained)
+            lane.drained = min(lane.drained, lane.end)
+            lane.sent.clear()
+            return True
+        lane.end = max(lane.end, fetched[-1].offset + 1)
+        todo = [p for p in fetched[:SLICE] if p.offset not in lane.sent]
+        outcomes = await destination.writer.put_all([p.record for p in todo], patience_s)
+        if not self._owned(partition):
+            self._planned = None  # moved away meanwhile: the new owner sends the rest
+            return False
+        accepted: dict[ExportStatus, int] = {}
+        deferred = False
+        for parked, outcome in zip(todo, outcomes, strict=True):
+            if outcome.deferred:
+                deferred = True
+                continue
+            if outcome.accepted:
+                accepted[parked.status] = accepted.get(parked.status, 0) + 1
+            else:
+                letter = rejected_letter(
+                    parked.key, parked.source, parked.record, outcome, destination
+                )
+                await self._dead_letters.send(letter.key, letter.value)
+                metrics.DEAD_LETTERS.labels(reason=letter.reason).inc()
+            lane.sent.add(parked.offset)
+        for status, count in accepted.items():
+            metrics.EXPORTS.labels(destination=destination.name, status=status).inc(count)
+            metrics.DRAINED.labels(destination=destination.name).inc(count)
+        while lane.drained in lane.sent:
+            lane.sent.discard(lane.drained)
+            lane.drained += 1
+        lane.oldest = next(
+            (
+                p.timestamp
+                for p in fetched
+                if p.offset >= lane.drained and p.offset not in lane.sent
+            ),
+            None if not lane.backlog else lane.oldest,
+        )
+        self._tables.put_parking(destination.name, lane.stored(), partition)
+        if not lane.backlog:
+            log.info(
+                "destination %s: partition %d drained, direct again",
+                destination.name,
+                partition,
+                extra={"destination": destination.name, "partition": partition},
+            )
+        if deferred:
+            self.failed(index, destination.writer.last_error)
+            return False
+        return True
