@@ -1,4 +1,5 @@
-"""Command line: `python -m worker run|check|resend --config FILE` (CONTRACT section 5)."""
+"""Command line: `python -m worker run|check|resend|pause|resume --config FILE`
+(CONTRACT section 5)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up after this long (exit 3); default 120 s, none with --wait",
     )
+    for name, says in (
+        ("pause", "park a destination's records in Kafka until `resume` (all workers)"),
+        ("resume", "send a paused destination's parked records, then go direct again"),
+    ):
+        command = commands.add_parser(name, help=says)
+        command.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+        command.add_argument("--destination", required=True, help="the destination's name")
+        command.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="give up after this long (exit 3); default 120 s",
+        )
     return parser
 
 
@@ -87,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 resend(settings, args.destination, args.segment, args.wait, args.timeout)
             )
+        if args.command in ("pause", "resume"):
+            from worker import logs
+            from worker.resend import pause
+
+            logs.setup(settings.runtime.log_level, logs.secret_values(settings), sys.stderr)
+            paused = args.command == "pause"
+            return asyncio.run(pause(settings, args.destination, paused, args.timeout))
         from worker.app import run
 
         return run(settings)

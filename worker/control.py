@@ -33,6 +33,7 @@ __all__ = [
     "encode_command",
     "encode_resend",
     "follow_changelog",
+    "follow_parking",
     "job_progress",
     "new_job_id",
     "parse_command",
@@ -136,6 +137,22 @@ def follow_changelog(
     except (orjson.JSONDecodeError, ValueError):
         return None
     return partition
+
+
+def follow_parking(
+    key: bytes | None, value: bytes | None, destination: str
+) -> tuple[int, bool] | None:
+    """(partition, paused) from one message of the parking changelog, when it is
+    ``destination``'s lane; None otherwise."""
+    try:
+        name = orjson.loads(key) if key is not None else None
+        partition, dest = split_key(name) if isinstance(name, str) else (None, None)
+        if partition is None or dest != destination:
+            return None
+        lane = orjson.loads(value) if value is not None else {}
+        return partition, bool(isinstance(lane, dict) and lane.get("paused"))
+    except (orjson.JSONDecodeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
-"""`python -m worker resend`: ask the running workers to send a destination's
-current members again (worker.control carries the request).
+"""`python -m worker resend|pause|resume`: commands to the running workers
+(worker.control carries them). ``resend`` sends a destination's current
+members again; ``pause`` parks a destination's records (worker.parking) until
+``resume``.
 
-Prints one line per step on stdout. Exit codes: 0 taken (with ``--wait``:
-done); 1 Kafka unreachable or the control topic missing; 2 invalid
+Prints one line per step on stdout. Exit codes: 0 taken (resend with
+``--wait``: done); 1 Kafka unreachable or the control topic missing; 2 invalid
 configuration or arguments (raised as ConfigError); 3 not taken (or not done)
 within ``--timeout``; 4 refused by a worker whose configuration lacks the
 destination or a segment (the dead-letter topic says which).
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -21,7 +23,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from worker.activation import Activation
-from worker.control import Progress, encode_resend, follow_changelog, job_progress, new_job_id
+from worker.control import (
+    Action,
+    Progress,
+    encode_command,
+    follow_changelog,
+    follow_parking,
+    job_progress,
+    new_job_id,
+)
 from worker.kafka_client import kafka_client_kwargs
 from worker.settings import ConfigError, Settings
 
@@ -54,11 +64,98 @@ async def resend(
     out: TextIO = sys.stdout,
 ) -> int:
     check_request(settings, destination, segments)
-    kafka = settings.kafka
-    topic = settings.control_topic
     if timeout_s is None and not wait:
         timeout_s = TAKEN_TIMEOUT_S
     deadline = float("inf") if timeout_s is None else time.monotonic() + timeout_s
+    what = f"segments {list(segments)}" if segments else "every mapped segment"
+    changelog = f"{settings.app_id}-activations-changelog"
+
+    async def follow(job_id: str, partitions: int, described: Any, say: Say) -> int:
+        follower = _Follower(settings, changelog, described, destination)
+        return await follower.run(job_id, partitions, wait, deadline, say)
+
+    return await _command(
+        settings,
+        Action.RESEND,
+        destination,
+        list(segments) or None,
+        f"re-send of {destination!r} ({what})",
+        changelog,
+        deadline,
+        timeout_s,
+        follow,
+        out,
+    )
+
+
+async def pause(
+    settings: Settings,
+    destination: str,
+    paused: bool,
+    timeout_s: float | None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """``pause``/``resume``: every partition's records of ``destination`` go to its
+    parking topic (worker.parking) until resumed; done once every partition took it."""
+    check_request(settings, destination, [])
+    timeout_s = TAKEN_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    action = Action.PAUSE if paused else Action.RESUME
+    changelog = f"{settings.app_id}-parking-changelog"
+
+    async def follow(job_id: str, partitions: int, described: Any, say: Say) -> int:
+        states = await _read_changelog(settings, described, destination)
+        refused = [p for p in range(partitions) if states.get(p, False) != paused]
+        if refused:
+            say(
+                f"{job_id}: refused in {len(refused)}/{partitions} partition(s): a worker there "
+                f"has no destination {destination!r}; the dead-letter topic "
+                f"{settings.kafka.dlq_topic!r} says why"
+            )
+            return EXIT_REFUSED
+        if paused:
+            say(
+                f"{job_id}: {destination!r} paused: its records go to "
+                f"{settings.parking_topic(destination)!r} until `resume`"
+            )
+        else:
+            say(f"{job_id}: {destination!r} resumed: parked records are sent, then direct again")
+        return 0
+
+    return await _command(
+        settings,
+        action,
+        destination,
+        None,
+        f"{action.value} of {destination!r}",
+        changelog,
+        deadline,
+        timeout_s,
+        follow,
+        out,
+    )
+
+
+Follow = Callable[[str, int, Any, Say], Awaitable[int]]
+
+
+async def _command(
+    settings: Settings,
+    action: Action,
+    destination: str,
+    segments: list[str] | None,
+    what: str,
+    changelog: str,
+    deadline: float,
+    timeout_s: float | None,
+    follow: Follow,
+    out: TextIO,
+) -> int:
+    """Writes the command to every partition of the control topic, waits until
+    each is taken (the group committed past it), then ``follow``s its effect in
+    ``changelog``."""
+    kafka = settings.kafka
+    topic = settings.control_topic
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
@@ -70,7 +167,6 @@ async def resend(
         await admin.start()
         # Listed before described: a metadata request for a missing topic could
         # create it on a broker that creates topics on demand.
-        changelog = f"{settings.app_id}-activations-changelog"
         existing = await admin.list_topics()
         if topic not in existing or changelog not in existing:
             say(
@@ -81,8 +177,8 @@ async def resend(
         described = {e["topic"]: e for e in await admin.describe_topics([topic, changelog])}
         partitions = sorted(p["partition"] for p in described[topic]["partitions"])
         await producer.start()
-        job_id = new_job_id()
-        value = encode_resend(job_id, destination, list(segments) or None)
+        job_id = new_job_id(action)
+        value = encode_command(action, job_id, destination, segments)
         sent = await asyncio.gather(
             *[
                 await producer.send(topic, value, key=destination.encode(), partition=p)
@@ -90,25 +186,46 @@ async def resend(
             ]
         )
         offsets = {p: metadata.offset for p, metadata in zip(partitions, sent, strict=True)}
-        what = f"segments {list(segments)}" if segments else "every mapped segment"
-        say(
-            f"{job_id}: re-send of {destination!r} ({what}) sent to {len(partitions)} "
-            f"partition(s) of {topic}"
-        )
+        say(f"{job_id}: {what} sent to {len(partitions)} partition(s) of {topic}")
         if not await _wait_taken(admin, settings.app_id, topic, offsets, deadline, job_id, say):
             say(
                 f"{job_id}: not taken by every partition within {timeout_s:.0f}s; are workers "
                 f"with app_id {settings.app_id!r} running? (the request stays queued)"
             )
             return EXIT_TIMEOUT
-        follower = _Follower(settings, changelog, described[changelog], destination)
-        return await follower.run(job_id, len(partitions), wait, deadline, say)
+        return await follow(job_id, len(partitions), described[changelog], say)
     except KafkaError as exc:
         say(f"error: kafka: {exc!r}")
         return EXIT_UNREACHABLE
     finally:
         await producer.stop()
         await admin.close()
+
+
+async def _read_changelog(settings: Settings, described: Any, destination: str) -> dict[int, bool]:
+    """Whether each partition's lane of ``destination`` is paused, per the parking changelog."""
+    kafka = settings.kafka
+    tps = [TopicPartition(described["topic"], p["partition"]) for p in described["partitions"]]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        **kafka_client_kwargs(kafka),
+    )
+    await consumer.start()
+    paused: dict[int, bool] = {}
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while not all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    lane = follow_parking(record.key, record.value, destination)
+                    if lane is not None:
+                        paused[lane[0]] = lane[1]
+    finally:
+        await consumer.stop()
+    return paused
 
 
 async def _wait_taken(

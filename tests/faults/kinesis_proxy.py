@@ -51,7 +51,7 @@ THROTTLED = "ProvisionedThroughputExceededException"
 INTERNAL_FAILURE = "InternalFailure"
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 
-OutageMode = Literal["refuse", "503"]
+OutageMode = Literal["refuse", "503", "not_found"]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones aiohttp recomputes for the body it sends.
 _HOP_BY_HOP = frozenset(
@@ -100,7 +100,8 @@ class Faults:
     drop_every: int = 0
     # time.monotonic() before which every call is refused (see outage_mode).
     outage_until: float = 0.0
-    # "refuse": close the connection at once; "503": answer 503 ServiceUnavailable.
+    # "refuse": close the connection at once; "503": answer 503 ServiceUnavailable;
+    # "not_found": answer 400 ResourceNotFoundException, as for a deleted stream.
     outage_mode: OutageMode = "refuse"
 
     def outage_for(self, seconds: float) -> None:
@@ -224,6 +225,10 @@ class KinesisFaultProxy:
             self.counters.outage_refused += 1
             if faults.outage_mode == "503":
                 return _error_reply(503, "ServiceUnavailable", "proxy: outage")
+            if faults.outage_mode == "not_found":
+                return _error_reply(
+                    400, "ResourceNotFoundException", "proxy: stream not found (outage)"
+                )
             return _disconnect(request)
         if request.headers.get("X-Amz-Target") != PUT_RECORDS_TARGET:
             return await self._forward_untouched(request)
