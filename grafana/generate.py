@@ -383,7 +383,8 @@ OVERVIEW = Dashboard(
                 ),
                 Panel(
                     "Ready workers",
-                    "Workers whose /readyz answers 200: tables recovered, every stream writable",
+                    "Workers whose /readyz answers 200: tables recovered, no rebalance under way "
+                    "(a parked destination does not make a worker unready)",
                     [Target(f"sum({w('kd_ready')})", "ready")],
                     kind="stat",
                     width=6,
@@ -517,7 +518,8 @@ OVERVIEW = Dashboard(
                 ),
                 Panel(
                     "Readiness by worker",
-                    "1 when the worker is ready (tables recovered, every stream writable)",
+                    "1 when the worker is ready (tables recovered, no rebalance under way; "
+                    "parked destinations count as ready)",
                     [Target(f"max by (instance) ({w('kd_ready')})", "{{instance}}")],
                 ),
             ],
@@ -528,7 +530,8 @@ OVERVIEW = Dashboard(
 DELIVERY = Dashboard(
     uid="kd-delivery",
     title="Kinesis destination: delivery",
-    description="PutRecords, shards, throttling, retries and buffers per Kinesis destination",
+    description="Parking, PutRecords, shards, throttling, retries and buffers per Kinesis "
+    "destination",
     rows=[
         Row(
             "Destinations",
@@ -566,6 +569,81 @@ DELIVERY = Dashboard(
                     width=6,
                     height=6,
                     mappings={"0": ("not writable", "red"), "1": ("writable", "green")},
+                ),
+            ],
+        ),
+        Row(
+            "Parked destinations",
+            [
+                Panel(
+                    "Delivery state by worker",
+                    "Each worker's delivery state of each destination: direct (to the stream), "
+                    "parked (its stream did not take records: they go to the destination's "
+                    "parking topic in Kafka), draining (sending what was parked) or paused (by "
+                    "a pause command). /readyz tells why",
+                    [
+                        Target(
+                            f"max by (instance, destination, state) "
+                            f"({d('kd_destination_state')} == 1)",
+                            instant=True,
+                            table=True,
+                        )
+                    ],
+                    kind="table",
+                ),
+                Panel(
+                    "Workers by delivery state",
+                    "Workers in each delivery state, by destination. Alert "
+                    "KinesisDestinationParking fires when a destination stays parked for 5 minutes",
+                    [
+                        Target(
+                            f"count by (destination, state) ({d('kd_destination_state')} == 1)",
+                            "{{destination}} {{state}}",
+                        )
+                    ],
+                    stack=True,
+                ),
+                Panel(
+                    "Parked records",
+                    "Records parked and not yet sent, by destination, summed over the workers "
+                    "(each counts its own input partitions)",
+                    [
+                        Target(
+                            f"sum by (destination) ({d('kd_parked_records')})",
+                            "{{destination}}",
+                        )
+                    ],
+                    width=8,
+                ),
+                Panel(
+                    "Oldest parked record",
+                    "Age of the oldest record parked and not yet sent, by destination (0: none). "
+                    "Alert KinesisDestinationParked fires past 15 minutes while the destination "
+                    "is parked or paused",
+                    [
+                        Target(
+                            f"max by (destination) ({d('kd_parked_oldest_age_seconds')})",
+                            "{{destination}}",
+                        )
+                    ],
+                    unit="s",
+                    width=8,
+                ),
+                Panel(
+                    "Parked and drained records/s",
+                    "Records written to the parking topic per second, and parked records "
+                    "accepted by the stream per second (also counted in records out)",
+                    [
+                        Target(
+                            f"sum by (destination) ({rate(d('kd_parked_total'))})",
+                            "{{destination}} parked",
+                        ),
+                        Target(
+                            f"sum by (destination) ({rate(d('kd_drained_total'))})",
+                            "{{destination}} drained",
+                        ),
+                    ],
+                    width=8,
                 ),
             ],
         ),

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 # Records sent per drain slice (one PutRecords call at most).
 SLICE = 500
 IDLE_POLL_S = 1.0
+REPORT_EVERY_S = 1.0
 BACKOFF_MAX_S = 30.0
 
 
@@ -154,6 +155,7 @@ class Parking:
         self._faults: list[_Fault | None] = [None for _ in self._destinations]
         self._retry_at = 0.0
         self._failures = 0
+        self._reported_at = 0.0
 
     # -- routing (during a batch) ----------------------------------------------------
 
@@ -259,6 +261,7 @@ class Parking:
         return found
 
     def _report(self) -> None:
+        self._reported_at = self._clock()
         for status in self.statuses():
             metrics.set_parking(status.name, status.state, status.parked, status.oldest_age_s)
 
@@ -267,6 +270,8 @@ class Parking:
     def due_in(self) -> float:
         """Seconds until a probe or a drain slice is due (0: now). Never raises."""
         now = self._clock()
+        if now - self._reported_at >= REPORT_EVERY_S:
+            self._report()  # the oldest parked record's age grows while nothing happens
         if now < self._retry_at:
             return min(IDLE_POLL_S, self._retry_at - now)
         assignment = self._assignment()

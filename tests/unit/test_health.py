@@ -1,5 +1,6 @@
 """The probes: /healthz fails when events wait and no batch completes; /readyz
-while tables recover or a rebalance is under way; a parked destination is told (worker/health.py, worker/web.py)."""
+while tables recover or a rebalance is under way; a parked destination is told
+(worker/health.py, worker/web.py)."""
 
 from __future__ import annotations
 
