@@ -39,7 +39,7 @@ from worker.parking import Parking
 from worker.parking_log import KafkaParkingLog
 from worker.pipeline import BatchProcessor, Destination
 from worker.settings import Settings
-from worker.topics import TopicLayout, preflight
+from worker.topics import PARKED_MESSAGE_BYTES, TopicLayout, preflight
 from worker.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ def app_options(settings: Settings, partitions: int) -> dict[str, Any]:
         # Changelog writes go a batch per partition (worker.faust.tables): up
         # to this many bytes in one record batch.
         "producer_max_batch_size": 256 * 1024,
+        # A parked record (worker.parking) may be a whole Kinesis record, 1 MiB
+        # and its headers: over Faust's default of 1,000,000 bytes.
+        "producer_max_request_size": PARKED_MESSAGE_BYTES,
         "table_cleanup_interval": 60.0,
         "table_standby_replicas": runtime.standby_replicas,
         "topic_replication_factor": kafka.replication_factor,

@@ -38,6 +38,7 @@ import asyncio
 import logging
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -305,6 +306,9 @@ class Parking:
         try:
             await self._run()
             self._failures = 0
+        except NotPlanned:
+            self._planned = None  # a rebalance began: read again once it is over
+            await self._tables.flush()  # what was stored while the lanes were ours
         except Exception as exc:
             self._failures += 1
             delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
@@ -339,11 +343,16 @@ class Parking:
                     self._faults[index] = None  # nothing parked here to try it with
                     continue
                 # One attempt with the oldest records: the probe is a real write.
-                if await self._slice(index, drainable[0], patience_s=0.0):
+                taken, _ = await self._slice(index, drainable[0], patience_s=0.0)
+                if taken:
                     self._recovered(index, now - fault.since)
+                else:
+                    self.failed(index, self._destinations[index].writer.last_error)
                 continue
             for partition in drainable:
-                if not await self._slice(index, partition, DRAIN_PATIENCE_S):
+                taken, left = await self._slice(index, partition, DRAIN_PATIENCE_S)
+                if left:
+                    self.failed(index, self._destinations[index].writer.last_error)
                     break
         await self._tables.flush()
 
@@ -400,9 +409,10 @@ class Parking:
             and self._generation() == self._planned
         )
 
-    async def _slice(self, index: int, partition: int, patience_s: float) -> bool:
-        """Sends the lane's next parked records; False when the stream did not
-        take them (the destination is parked again)."""
+    async def _slice(self, index: int, partition: int, patience_s: float) -> tuple[int, bool]:
+        """Sends the lane's next parked records: how many the stream took (or
+        refused for good: dead-lettered), and whether it left some (not taken
+        in time: the caller parks the destination again)."""
         destination = self._destinations[index]
         lane = self._lanes[index][partition]
         fetched = await self._log.read(self._topics[index], partition, lane.drained, SLICE + 1)
@@ -412,21 +422,20 @@ class Parking:
             lane.end = ends.get(partition, lane.drained)
             lane.drained = min(lane.drained, lane.end)
             lane.sent.clear()
-            return True
+            return 0, False
         lane.end = max(lane.end, fetched[-1].offset + 1)
         todo = [p for p in fetched[:SLICE] if p.offset not in lane.sent]
         outcomes = await destination.writer.put_all([p.record for p in todo], patience_s)
         if not self._owned(partition):
-            self._planned = None  # moved away meanwhile: the new owner sends the rest
-            return False
-        accepted: dict[ExportStatus, int] = {}
+            raise NotPlanned(f"partition {partition} moved away: its new owner sends the rest")
+        accepted: Counter[ExportStatus] = Counter()
         deferred = False
         for parked, outcome in zip(todo, outcomes, strict=True):
             if outcome.deferred:
                 deferred = True
                 continue
             if outcome.accepted:
-                accepted[parked.status] = accepted.get(parked.status, 0) + 1
+                accepted[parked.status] += 1
             else:
                 letter = rejected_letter(
                     parked.key, parked.source, parked.record, outcome, destination
@@ -437,26 +446,20 @@ class Parking:
         for status, count in accepted.items():
             metrics.EXPORTS.labels(destination=destination.name, status=status).inc(count)
             metrics.DRAINED.labels(destination=destination.name).inc(count)
-        while lane.drained in lane.sent:
-            lane.sent.discard(lane.drained)
-            lane.drained += 1
-        lane.oldest = next(
-            (
-                p.timestamp
-                for p in fetched
-                if p.offset >= lane.drained and p.offset not in lane.sent
-            ),
-            None if not lane.backlog else lane.oldest,
-        )
+        # The lane's cursor moves over what was sent from its start on; what was
+        # sent past a record not taken is remembered (``sent``), not sent again.
+        first_left = next((p for p in fetched if p.offset not in lane.sent), None)
+        lane.drained = fetched[-1].offset + 1 if first_left is None else first_left.offset
+        lane.sent = {offset for offset in lane.sent if offset >= lane.drained}
+        if first_left is not None:
+            lane.oldest = first_left.timestamp
         self._tables.put_parking(destination.name, lane.stored(), partition)
         if not lane.backlog:
+            lane.oldest = None
             log.info(
                 "destination %s: partition %d drained, direct again",
                 destination.name,
                 partition,
                 extra={"destination": destination.name, "partition": partition},
             )
-        if deferred:
-            self.failed(index, destination.writer.last_error)
-            return False
-        return True
+        return len(todo) - sum(1 for o in outcomes if o.deferred), deferred

@@ -120,9 +120,9 @@ class Router(Protocol):
 
 
 # What one profile's stored state may weigh (key + JSON value): a changelog
-# message over the producer's limit (Faust's producer_max_request_size,
-# 1,000,000 by default) is refused, and the batch could only be retried. Kafka
-# counts the record and batch headers too: room is left for them.
+# message over the broker's limit (max.message.bytes, 1,048,588 by default) is
+# refused, and the batch could only be retried. Kafka counts the record and
+# batch headers too: room is left for them.
 MAX_STATE_BYTES = 1_000_000 - 16 * 1024
 
 

@@ -28,6 +28,11 @@ TABLES = ("profiles", "memberships", "activations", "parking")
 CONTROL_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
+# A parked record is a Kinesis record (up to 1 MiB of data and key) and its
+# headers: over Kafka's default message limit (1,000,012 bytes).
+PARKED_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class TopicLayout:
     partitions: int
@@ -119,7 +124,11 @@ async def _ensure_parking_topics(
     for destination in settings.destinations:
         topic = settings.parking_topic(destination.name)
         if topic not in existing:
-            config = {"retention.ms": "-1", "retention.bytes": "-1"}
+            config = {
+                "retention.ms": "-1",
+                "retention.bytes": "-1",
+                "max.message.bytes": str(PARKED_MESSAGE_BYTES),
+            }
             await admin.create_topics(
                 [
                     NewTopic(

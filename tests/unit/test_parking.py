@@ -1,0 +1,718 @@
+"""Parking (worker.parking) with fakes: lanes planned per assignment, records parked in
+order, probes and drains, pause and resume, statuses.
+
+The parking topics are an in-memory log per (topic, partition); the parking table
+is a dict; the destinations' writers are real ``KinesisWriter`` objects on the
+scripted fake transport of test_kinesis_writer; the clock, the rebalance count and
+the assignment are injected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+from tests.unit.test_kinesis_writer import FakeTransport
+from worker.kinesis import KinesisWriter, Record, TransportError, WriterConfig
+from worker.parking import IDLE_POLL_S, SLICE, NotPlanned, Parking, ParkingLog, ParkingTables
+from worker.pipeline import DeadLetterSink, Destination, Parked
+from worker.settings import DestinationSettings
+from worker.vocabulary import DeliveryState, ExportStatus
+
+ONE, TWO = "Dest One", "Dest Two"
+TOPICS = ["app-parking-one", "app-parking-two"]
+INPUT = "segment-qualifications"
+START = 1_000_000.0  # the fake clock's start
+PROBE_S = 10.0
+MIB = 1024 * 1024
+THROTTLED = "ProvisionedThroughputExceededException"
+GONE = TransportError("ResourceNotFoundException", "stream gone", fatal=True)
+# No real waiting in the writers: retries sleep 0 s.
+FAST = WriterConfig(backoff_base_s=0.0, backoff_max_s=0.0, fatal_retry_s=0.0)
+
+
+# -- fakes ----------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeLog:
+    """The parking topics: a list of records per (topic, partition), offsets from 0,
+    each stamped with the clock when written (Kafka's timestamp)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.lanes: dict[tuple[str, int], list[Parked]] = {}
+        self.writes: list[tuple[str, int, list[bytes]]] = []
+        self.reads: list[tuple[str, int, int, int]] = []
+        self.end_offset_calls: list[tuple[str, tuple[int, ...]]] = []
+        self.on_end_offsets: Callable[[], None] | None = None
+        self.error: Exception | None = None
+
+    async def write(self, topic: str, partition: int, records: Sequence[Parked]) -> list[int]:
+        if self.error is not None:
+            raise self.error
+        lane = self.lanes.setdefault((topic, partition), [])
+        offsets = []
+        for parked in records:
+            stored = dataclasses.replace(parked, offset=len(lane), timestamp=self.clock())
+            lane.append(stored)
+            offsets.append(stored.offset)
+        self.writes.append((topic, partition, [p.record.data for p in records]))
+        return offsets
+
+    async def end_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
+        self.end_offset_calls.append((topic, tuple(sorted(partitions))))
+        if self.on_end_offsets is not None:
+            self.on_end_offsets()
+        if self.error is not None:
+            raise self.error
+        return {p: len(self.lanes.get((topic, p), [])) for p in partitions}
+
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Parked]:
+        self.reads.append((topic, partition, offset, limit))
+        if self.error is not None:
+            raise self.error
+        return list(self.lanes.get((topic, partition), [])[offset : offset + limit])
+
+    def seed(self, topic: str, partition: int, records: Iterable[Parked], at: float) -> None:
+        lane = self.lanes.setdefault((topic, partition), [])
+        for parked in records:
+            lane.append(dataclasses.replace(parked, offset=len(lane), timestamp=at))
+
+    def data(self, topic: str, partition: int) -> list[bytes]:
+        return [p.record.data for p in self.lanes.get((topic, partition), [])]
+
+
+class FakeTables:
+    """The parking table: (destination, partition) -> value."""
+
+    def __init__(self) -> None:
+        self.parking: dict[tuple[str, int], dict[str, Any]] = {}
+        self.writes: list[tuple[str, int, dict[str, Any] | None]] = []
+        self.flushes = 0
+
+    def get_parking(self, destination: str, partition: int) -> dict[str, Any] | None:
+        value = self.parking.get((destination, partition))
+        return None if value is None else dict(value)
+
+    def put_parking(self, destination: str, value: dict[str, Any] | None, partition: int) -> None:
+        self.writes.append((destination, partition, None if value is None else dict(value)))
+        if value is None:
+            self.parking.pop((destination, partition), None)
+        else:
+            self.parking[destination, partition] = dict(value)
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | None, dict[str, Any]]] = []
+
+    async def send(self, key: bytes | None, value: bytes) -> None:
+        self.sent.append((key, orjson.loads(value)))
+
+
+def _typed(
+    log: FakeLog, tables: FakeTables, letters: FakeDeadLetters
+) -> tuple[ParkingLog, ParkingTables, DeadLetterSink]:
+    return log, tables, letters  # mypy checks the fakes against the protocols
+
+
+def destination_settings(name: str, stream: str, **extra: Any) -> DestinationSettings:
+    return DestinationSettings.model_validate(
+        {
+            "name": name,
+            "stream": stream,
+            "region": "us-east-1",
+            "segments": [{"id": "s"}],
+            "park_probe_s": PROBE_S,
+            "park_after_s": 0.0,
+            **extra,
+        }
+    )
+
+
+class Rig:
+    """One worker's parking: two destinations, the log, the table, the clock, the
+    assignment (``generation``, ``partitions``; None while ``rebalancing``)."""
+
+    def __init__(self, partitions: Iterable[int] = (0, 1)) -> None:
+        self.clock = Clock()
+        self.log = FakeLog(self.clock)
+        self.tables = FakeTables()
+        self.letters = FakeDeadLetters()
+        self.transports = [FakeTransport(), FakeTransport()]
+        self.settings = [
+            destination_settings(ONE, "stream-one"),
+            destination_settings(TWO, "stream-two"),
+        ]
+        self.writers = [
+            KinesisWriter(s.stream, t, FAST)
+            for s, t in zip(self.settings, self.transports, strict=True)
+        ]
+        self.destinations = [
+            Destination(s, w) for s, w in zip(self.settings, self.writers, strict=True)
+        ]
+        self.generation = 1
+        self.partitions = frozenset(partitions)
+        self.rebalancing = False
+        log, tables, letters = _typed(self.log, self.tables, self.letters)
+        self.parking = Parking(
+            self.destinations,
+            tables,
+            log,
+            letters,
+            self.assignment,
+            lambda: self.generation,
+            TOPICS,
+            clock=self.clock,
+        )
+
+    def assignment(self) -> tuple[int, frozenset[int]] | None:
+        return None if self.rebalancing else (self.generation, self.partitions)
+
+    def rebalance(self, partitions: Iterable[int]) -> None:
+        self.generation += 1
+        self.partitions = frozenset(partitions)
+
+    def accepted(self, index: int = 0) -> list[bytes]:
+        return [data for data, _ in self.transports[index].accepted]
+
+    def sent(self, index: int = 0) -> list[bytes]:
+        return [data for data, _ in self.transports[index].sent()]
+
+    def status(self, index: int = 0) -> Any:
+        return self.parking.statuses()[index]
+
+    async def probe(self) -> None:
+        """Once the probe is due."""
+        self.clock.advance(PROBE_S)
+        assert self.parking.due_in() == 0.0
+        await self.parking.run()
+
+
+def parked(
+    key: str, n: int, partition: int = 0, *, data: bytes | None = None, offset: int = 100
+) -> Parked:
+    """A record of profile ``key`` as the pipeline parks it; ``offset``: the input event's."""
+    return Parked(
+        Record(data if data is not None else f"{key}#{n}".encode(), key),
+        ExportStatus.REALIZED,
+        {"topic": INPUT, "partition": partition, "offset": offset + n},
+        key.encode(),
+    )
+
+
+# -- planning -------------------------------------------------------------------------------
+
+
+async def test_lanes_are_not_planned_before_prepare() -> None:
+    rig = Rig()
+    with pytest.raises(NotPlanned):
+        rig.parking.parks(0, 0)
+    with pytest.raises(NotPlanned):
+        rig.parking.pause(0, 0, True)
+    with pytest.raises(NotPlanned):
+        await rig.parking.park(0, [(0, parked("a", 0))])
+    assert rig.parking.holds(0) and rig.parking.holds(1)  # backfills wait meanwhile
+    assert rig.parking.due_in() == 0.0  # an assignment to read
+    await rig.parking.prepare()
+    assert [rig.parking.parks(i, p) for i in (0, 1) for p in (0, 1)] == [False] * 4
+    assert not rig.parking.holds(0) and not rig.parking.holds(1)
+    assert rig.log.end_offset_calls == [(TOPICS[0], (0, 1)), (TOPICS[1], (0, 1))]
+    assert rig.log.writes == []
+
+
+async def test_a_new_generation_is_not_planned_until_prepared_again() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.rebalance([1, 2])
+    with pytest.raises(NotPlanned):
+        rig.parking.parks(0, 1)  # even a partition kept: the generation changed
+    assert rig.parking.holds(0)
+    assert rig.parking.due_in() == 0.0
+    await rig.parking.prepare()
+    assert not rig.parking.parks(0, 1) and not rig.parking.parks(0, 2)
+    with pytest.raises(NotPlanned):
+        rig.parking.parks(0, 0)  # not owned any more
+
+
+async def test_nothing_is_planned_while_a_rebalance_is_under_way() -> None:
+    rig = Rig()
+    rig.rebalancing = True
+    assert rig.parking.due_in() == IDLE_POLL_S
+    await rig.parking.prepare()
+    await rig.parking.run()
+    assert rig.log.end_offset_calls == []
+    with pytest.raises(NotPlanned):
+        rig.parking.parks(0, 0)
+
+
+async def test_a_rebalance_during_the_reading_leaves_it_unplanned() -> None:
+    rig = Rig()
+
+    def rebalance_once() -> None:
+        rig.log.on_end_offsets = None
+        rig.generation += 1
+
+    rig.log.on_end_offsets = rebalance_once
+    await rig.parking.prepare()
+    with pytest.raises(NotPlanned):
+        rig.parking.parks(0, 0)
+    await rig.parking.prepare()  # read again, for the new generation
+    assert not rig.parking.parks(0, 0)
+
+
+async def test_a_new_assignment_reads_the_table_and_the_logs_ends() -> None:
+    rig = Rig()
+    rig.log.seed(TOPICS[0], 0, [parked("a", n) for n in range(5)], at=START - 50)
+    rig.log.seed(TOPICS[0], 1, [parked("b", 0, 1)], at=START - 20)
+    rig.log.seed(TOPICS[1], 0, [parked("c", n) for n in range(3)], at=START - 70)
+    rig.tables.parking[ONE, 0] = {"drained": 2, "paused": False}
+    rig.tables.parking[ONE, 1] = {"drained": 0, "paused": True}
+    # A parking topic created again: what the table says past its end was sent.
+    rig.tables.parking[TWO, 0] = {"drained": 10, "paused": False}
+    await rig.parking.prepare()
+
+    one, two = rig.parking.statuses()
+    assert (one.state, one.reason, one.parked) == (DeliveryState.PAUSED, "paused in 1 partition(s)", 4)
+    assert one.oldest_age_s == 50.0  # the record at "drained" of partition 0
+    assert (two.state, two.parked, two.oldest_age_s) == (DeliveryState.DIRECT, 0, 0.0)
+    assert rig.parking.parks(0, 0)  # behind its backlog
+    assert rig.parking.parks(0, 1)  # paused
+    assert not rig.parking.parks(1, 0)
+    # The lane is sent from "drained" on; the paused one is not.
+    assert rig.parking.due_in() == 0.0
+    await rig.parking.run()
+    assert rig.accepted() == [b"a#2", b"a#3", b"a#4"]
+    assert rig.tables.parking[ONE, 0] == {"drained": 5, "paused": False}
+    assert rig.tables.parking[ONE, 1] == {"drained": 0, "paused": True}
+    assert not rig.parking.parks(0, 0)
+    assert rig.parking.parks(0, 1)
+    assert rig.sent(1) == []
+
+
+async def test_a_failure_to_read_is_retried_later_and_unplanned_meanwhile() -> None:
+    rig = Rig()
+    rig.log.error = KafkaConnectionError()
+    await rig.parking.prepare()
+    with pytest.raises(NotPlanned):
+        rig.parking.parks(0, 0)
+    calls = len(rig.log.end_offset_calls)
+    rig.log.error = None
+    assert 0.0 < rig.parking.due_in() <= IDLE_POLL_S
+    await rig.parking.prepare()  # within the backoff: nothing read
+    assert len(rig.log.end_offset_calls) == calls
+    rig.clock.advance(60)
+    await rig.parking.prepare()
+    assert not rig.parking.parks(0, 0)
+
+
+# -- routing --------------------------------------------------------------------------------
+
+
+async def test_after_failed_every_lane_of_the_destination_parks() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    assert rig.parking.parks(0, 0) and rig.parking.parks(0, 1)
+    assert not rig.parking.parks(1, 0) and not rig.parking.parks(1, 1)
+    assert rig.parking.holds(0) and not rig.parking.holds(1)
+    status = rig.status(0)
+    assert status.state is DeliveryState.PARKED
+    assert status.reason == "ResourceNotFoundException: stream gone"
+    assert (status.parked, status.oldest_age_s) == (0, 0.0)
+    assert rig.status(1).state is DeliveryState.DIRECT
+
+
+async def test_park_writes_each_partition_in_order_and_counts_the_backlog() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    records = [
+        (0, parked("a", 0)),
+        (1, parked("b", 0, 1)),
+        (0, parked("a", 1)),
+        (0, parked("c", 0)),
+        (1, parked("b", 1, 1)),
+    ]
+    await rig.parking.park(0, records)
+    assert rig.log.data(TOPICS[0], 0) == [b"a#0", b"a#1", b"c#0"]
+    assert rig.log.data(TOPICS[0], 1) == [b"b#0", b"b#1"]
+    assert rig.log.lanes.get((TOPICS[1], 0)) is None
+    assert rig.parking.parks(0, 0) and rig.parking.parks(0, 1)
+    assert not rig.parking.parks(1, 0)
+    assert rig.parking.holds(0)
+    rig.clock.advance(5)
+    await rig.parking.park(0, [(1, parked("b", 2, 1))])
+    status = rig.status(0)
+    assert (status.state, status.reason, status.parked) == (DeliveryState.DRAINING, None, 6)
+    assert status.oldest_age_s == 5.0  # the first parked, not the last
+    assert rig.log.data(TOPICS[0], 1) == [b"b#0", b"b#1", b"b#2"]
+    assert rig.transports[0].calls == []  # parking sends nothing itself
+
+
+async def test_park_refuses_a_partition_not_owned() -> None:
+    rig = Rig(partitions=[0])
+    await rig.parking.prepare()
+    with pytest.raises(NotPlanned):
+        await rig.parking.park(0, [(0, parked("a", 0)), (5, parked("b", 0, 5))])
+    assert rig.log.writes == []
+
+
+# -- probe and drain ------------------------------------------------------------------------
+
+
+async def parked_destination(rig: Rig) -> None:
+    """Destination one parked at START, with records in both lanes."""
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    await rig.parking.park(
+        0,
+        [
+            (0, parked("a", 0)),
+            (1, parked("b", 0, 1)),
+            (0, parked("a", 1)),
+            (0, parked("c", 0)),
+            (1, parked("b", 1, 1)),
+        ],
+    )
+
+
+async def test_no_probe_before_its_time() -> None:
+    rig = Rig()
+    await parked_destination(rig)
+    rig.clock.advance(PROBE_S - 1)
+    assert rig.parking.due_in() == 1.0
+    await rig.parking.run()
+    assert rig.transports[0].calls == []
+    assert rig.status(0).state is DeliveryState.PARKED
+
+
+async def test_a_probe_sends_the_oldest_records_then_every_lane_drains_in_order() -> None:
+    rig = Rig()
+    await parked_destination(rig)
+    await rig.probe()
+    # The probe: the first lane's records, and nothing else.
+    assert rig.accepted() == [b"a#0", b"c#0", b"a#1"]
+    assert rig.tables.parking[ONE, 0] == {"drained": 3, "paused": False}
+    assert (ONE, 1) not in rig.tables.parking
+    status = rig.status(0)
+    assert (status.state, status.parked) == (DeliveryState.DRAINING, 2)
+    assert not rig.parking.parks(0, 0)  # empty: direct again
+    assert rig.parking.parks(0, 1)  # still behind its backlog
+    # Then the other lanes, between batches.
+    assert rig.parking.due_in() == 0.0
+    await rig.parking.run()
+    assert rig.accepted() == [b"a#0", b"c#0", b"a#1", b"b#0", b"b#1"]
+    assert rig.tables.parking[ONE, 1] == {"drained": 2, "paused": False}
+    assert not rig.parking.parks(0, 0) and not rig.parking.parks(0, 1)
+    assert not rig.parking.holds(0)
+    status = rig.status(0)
+    assert (status.state, status.reason, status.parked, status.oldest_age_s) == (
+        DeliveryState.DIRECT,
+        None,
+        0,
+        0.0,
+    )
+    assert rig.parking.due_in() == IDLE_POLL_S
+    assert rig.tables.flushes >= 2
+    assert rig.sent(1) == []
+
+
+async def test_a_long_lane_drains_a_slice_at_a_time() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    records = [(0, parked(f"k{n}", n)) for n in range(SLICE + 7)]
+    await rig.parking.park(0, records)
+    await rig.parking.run()
+    assert [len(call.records) for call in rig.transports[0].calls] == [SLICE]
+    assert rig.tables.parking[ONE, 0]["drained"] == SLICE
+    assert rig.status(0).parked == 7
+    assert rig.parking.parks(0, 0)
+    await rig.parking.run()
+    assert rig.accepted() == [p.record.data for _, p in records]
+    assert rig.tables.parking[ONE, 0]["drained"] == SLICE + 7
+    assert not rig.parking.parks(0, 0)
+
+
+async def test_a_failing_probe_moves_nothing_and_waits_for_the_next() -> None:
+    rig = Rig()
+    await parked_destination(rig)
+    rig.transports[0].call_errors.append(
+        TransportError("ResourceNotFoundException", "still gone", fatal=True)
+    )
+    await rig.probe()
+    assert len(rig.transports[0].calls) == 1  # one attempt
+    assert rig.accepted() == []
+    assert rig.tables.parking.get((ONE, 0), {"drained": 0})["drained"] == 0
+    status = rig.status(0)
+    assert (status.state, status.parked) == (DeliveryState.PARKED, 5)
+    assert status.reason == "ResourceNotFoundException: still gone"
+    assert status.oldest_age_s == PROBE_S  # still the first record
+    assert rig.parking.parks(0, 0)
+    # The next probe is one park_probe_s later.
+    rig.clock.advance(PROBE_S - 0.5)
+    assert rig.parking.due_in() == 0.5
+    await rig.parking.run()
+    assert len(rig.transports[0].calls) == 1
+    rig.clock.advance(0.5)
+    await rig.parking.run()
+    assert rig.accepted() == [b"a#0", b"c#0", b"a#1"]
+
+
+async def test_a_probe_gives_up_after_its_first_failed_wave() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("a", 1))])
+    rig.transports[0].record_errors[b"a#0"] = [THROTTLED, THROTTLED]
+    await rig.probe()
+    assert rig.sent() == [b"a#0"]  # no retry
+    status = rig.status(0)
+    assert status.state is DeliveryState.PARKED
+    assert status.reason is not None and THROTTLED in status.reason
+
+
+async def test_a_partly_accepted_slice_resends_only_what_was_not_accepted() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("b", 0)), (0, parked("c", 0))])
+    rig.transports[0].record_errors[b"b#0"] = [THROTTLED]
+    await rig.probe()
+    assert rig.accepted() == [b"a#0", b"c#0"]
+    # "drained" moves over the contiguous prefix only: b#0 (offset 1) is not sent.
+    assert rig.tables.parking[ONE, 0] == {"drained": 1, "paused": False}
+    status = rig.status(0)
+    assert (status.state, status.parked) == (DeliveryState.PARKED, 1)
+    await rig.probe()
+    assert [[data for data, _ in call.records] for call in rig.transports[0].calls] == [
+        [b"a#0", b"b#0", b"c#0"],
+        [b"b#0"],  # c#0 was accepted: not sent again
+    ]
+    assert rig.accepted() == [b"a#0", b"c#0", b"b#0"]
+    assert rig.tables.parking[ONE, 0] == {"drained": 3, "paused": False}
+    assert rig.status(0).state is DeliveryState.DIRECT
+    assert not rig.parking.parks(0, 0)
+
+
+async def test_parked_records_the_stream_never_takes_are_dead_lettered() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    big = parked("big", 1, data=b"x" * (2 * MIB))
+    await rig.parking.park(0, [(0, parked("a", 0)), (0, big), (0, parked("c", 2))])
+    await rig.probe()
+    assert rig.accepted() == [b"a#0", b"c#2"]
+    [(key, letter)] = rig.letters.sent
+    assert key == b"big"
+    assert letter["reason"] == "record_too_large"
+    assert letter["destination"] == ONE
+    assert letter["stream"] == "stream-one"
+    assert letter["partitionKey"] == "big"
+    assert letter["source"] == {"topic": INPUT, "partition": 0, "offset": 101}
+    assert rig.tables.parking[ONE, 0]["drained"] == 3
+    assert rig.status(0).state is DeliveryState.DIRECT
+
+
+async def test_a_record_kinesis_refuses_alone_is_dead_lettered_when_draining() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.transports[0].invalid.add(b"b#0")
+    await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("b", 0)), (0, parked("c", 0))])
+    await rig.parking.run()  # a drain (not a probe): the writer isolates the culprit
+    assert sorted(rig.accepted()) == [b"a#0", b"c#0"]
+    [(key, letter)] = rig.letters.sent
+    assert (key, letter["reason"], letter["destination"]) == (b"b", "rejected_by_kinesis", ONE)
+    assert rig.tables.parking[ONE, 0]["drained"] == 3
+    assert rig.status(0).state is DeliveryState.DIRECT
+
+
+async def test_a_record_kinesis_refuses_does_not_keep_the_destination_parked() -> None:
+    """A parked record whose call Kinesis answers with ValidationException (the
+    writer isolates such a record to reject it alone) must not wedge the probe:
+    the oldest records are probed again and again, each time in one wave."""
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    rig.transports[0].invalid.add(b"b#0")
+    await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("b", 0)), (0, parked("c", 0))])
+    for _ in range(5):
+        await rig.probe()
+    assert [letter["reason"] for _, letter in rig.letters.sent] == ["rejected_by_kinesis"]
+    assert sorted(rig.accepted()) == [b"a#0", b"c#0"]
+    assert rig.status(0).state is DeliveryState.DIRECT
+
+
+async def test_a_draining_lane_that_fails_parks_the_destination_again() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    await rig.parking.park(0, [(0, parked("a", 0)), (1, parked("b", 0, 1))])
+    assert rig.status(0).state is DeliveryState.DRAINING
+    rig.transports[0].call_errors.append(GONE)
+    await rig.parking.run()
+    assert len(rig.transports[0].calls) == 1  # the first lane; the second waits
+    status = rig.status(0)
+    assert (status.state, status.reason, status.parked) == (
+        DeliveryState.PARKED,
+        str(GONE),
+        2,
+    )
+    assert rig.parking.parks(0, 0) and rig.parking.parks(0, 1)
+
+
+async def test_a_probe_with_nothing_parked_clears_the_fault() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")  # from a backfill
+    await rig.probe()
+    assert rig.transports[0].calls == []
+    assert rig.status(0).state is DeliveryState.DIRECT
+    assert not rig.parking.parks(0, 0)
+
+
+async def test_a_partition_lost_during_a_slice_stores_nothing_for_it() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("b", 0))])
+    rig.transports[0].on_call = lambda _batch: rig.rebalance([1])
+    await rig.parking.run()
+    assert rig.accepted() == [b"a#0", b"b#0"]  # the stream took them meanwhile
+    assert rig.tables.writes == []  # but the new owner sends them: nothing stored here
+    assert rig.letters.sent == []
+    with pytest.raises(NotPlanned):
+        rig.parking.parks(0, 1)
+    rig.transports[0].on_call = None
+    await rig.parking.prepare()
+    assert not rig.parking.parks(0, 1)
+    with pytest.raises(NotPlanned):
+        rig.parking.parks(0, 0)
+
+
+async def test_lanes_no_longer_owned_are_not_sent_when_planning_is_interrupted() -> None:
+    """A rebalance away from partition 0, and another one beginning while the new
+    assignment's lanes are read: nothing of partition 0 may be sent by this worker
+    any more (its new owner sends it)."""
+    rig = Rig(partitions=[0])
+    await rig.parking.prepare()
+    await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("b", 0))])
+    rig.rebalance([1])
+
+    def rebalance_again() -> None:
+        rig.log.on_end_offsets = None
+        rig.generation += 1
+
+    rig.log.on_end_offsets = rebalance_again
+    await rig.parking.run()
+    assert rig.sent() == []
+
+
+# -- pause and resume -----------------------------------------------------------------------
+
+
+async def test_a_paused_lane_parks_is_stored_and_is_not_drained() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.pause(0, 1, True)
+    assert rig.tables.parking[ONE, 1] == {"drained": 0, "paused": True}
+    rig.parking.pause(0, 1, True)  # again: nothing more written
+    assert len(rig.tables.writes) == 1
+    assert rig.parking.parks(0, 1)
+    assert not rig.parking.parks(0, 0)
+    assert not rig.parking.parks(1, 1)  # the other destination's lane
+    assert rig.parking.holds(0)
+    await rig.parking.park(0, [(1, parked("b", 0, 1))])
+    assert rig.parking.due_in() == IDLE_POLL_S
+    await rig.parking.run()
+    assert rig.transports[0].calls == []
+    status = rig.status(0)
+    assert (status.state, status.reason, status.parked) == (
+        DeliveryState.PAUSED,
+        "paused in 1 partition(s)",
+        1,
+    )
+    rig.parking.pause(0, 0, True)
+    assert rig.status(0).reason == "paused by a command"
+
+
+async def test_resume_drains_the_lane_then_goes_direct() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.pause(0, 1, True)
+    await rig.parking.park(0, [(1, parked("b", 0, 1)), (1, parked("b", 1, 1))])
+    rig.parking.pause(0, 1, False)
+    assert rig.tables.parking[ONE, 1] == {"drained": 0, "paused": False}
+    assert rig.parking.parks(0, 1)  # behind its backlog until drained
+    assert rig.parking.due_in() == 0.0
+    await rig.parking.run()
+    assert rig.accepted() == [b"b#0", b"b#1"]
+    assert rig.tables.parking[ONE, 1] == {"drained": 2, "paused": False}
+    assert not rig.parking.parks(0, 1)
+    assert rig.status(0).state is DeliveryState.DIRECT
+
+
+async def test_a_paused_lane_is_not_probed() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.pause(0, 0, True)
+    await rig.parking.park(0, [(0, parked("a", 0))])
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    await rig.probe()
+    assert rig.transports[0].calls == []
+    assert rig.parking.parks(0, 0)
+
+
+# -- statuses and holds ---------------------------------------------------------------------
+
+
+async def test_statuses_follow_the_destinations_states() -> None:
+    rig = Rig()
+    assert [s.state for s in rig.parking.statuses()] == [DeliveryState.DIRECT] * 2
+    await rig.parking.prepare()
+    assert [(s.name, s.state, s.reason, s.parked, s.oldest_age_s) for s in rig.parking.statuses()] == [
+        (ONE, DeliveryState.DIRECT, None, 0, 0.0),
+        (TWO, DeliveryState.DIRECT, None, 0, 0.0),
+    ]
+    rig.parking.failed(1, "AccessDeniedException: no")
+    await rig.parking.park(1, [(0, parked("a", 0)), (1, parked("b", 0, 1))])
+    rig.clock.advance(3)
+    await rig.parking.park(1, [(1, parked("b", 1, 1))])
+    rig.clock.advance(4)
+    assert rig.parking.statuses()[1] == type(rig.status(1))(
+        TWO, DeliveryState.PARKED, "AccessDeniedException: no", 3, 7.0
+    )
+    assert rig.status(0).state is DeliveryState.DIRECT
+
+
+async def test_holds_while_anything_of_the_destination_is_parked_or_would_be() -> None:
+    rig = Rig()
+    assert rig.parking.holds(0)  # not planned
+    await rig.parking.prepare()
+    assert not rig.parking.holds(0)
+    await rig.parking.park(0, [(1, parked("b", 0, 1))])
+    assert rig.parking.holds(0) and not rig.parking.holds(1)
+    await rig.parking.run()
+    assert not rig.parking.holds(0)
+    rig.parking.pause(0, 0, True)
+    assert rig.parking.holds(0)
+    rig.parking.pause(0, 0, False)
+    assert not rig.parking.holds(0)
+    rig.parking.failed(0, "x")
+    assert rig.parking.holds(0)
