@@ -21,6 +21,7 @@ from enum import StrEnum
 from worker.kinesis._shards import ShardMap, ShardRateLimiter
 from worker.kinesis._transport import (
     DEFAULT_MAX_RECORD_BYTES,
+    FATAL_CODES,
     PutReply,
     Transport,
     TransportError,
@@ -379,6 +380,13 @@ class KinesisWriter:
                     return
                 report.elapsed = loop.time() - started
                 failed += self._settle(records, call, replies, outcomes, report)
+                for reply in replies:
+                    # A record refused for a reason no retry soon heals (its
+                    # stream's KMS key disabled, say) counts as the call would.
+                    if reply.error_code in FATAL_CODES and fatal is None:
+                        fatal = TransportError(
+                            reply.error_code, reply.error_message or "", fatal=True
+                        )
                 self._observer.call_done(report)
 
         await asyncio.gather(*(run(call) for call in calls))
