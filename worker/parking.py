@@ -29,7 +29,7 @@ written to the destination's parking topic in Kafka, and the batch goes on.
 
 What a worker knows of the lanes holds for one assignment (Faust's
 rebalance count): after a rebalance they are read again from the table and
-from Kafka's end offsets before any record is routed (``NotPlanned``).
+from Kafka's end offsets before the next batch (``prepare``).
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ class Parking:
         self._generation = generation
         self._topics = list(topics)
         self._clock = clock
-        self._planned: int | None = None
+        self._planned: int | None = None  # the rebalance count the lanes were read at
+        self._replan = False
         self._lanes: list[dict[int, _Lane]] = [{} for _ in self._destinations]
         self._faults: list[_Fault | None] = [None for _ in self._destinations]
         self._retry_at = 0.0
@@ -161,11 +162,15 @@ class Parking:
     # -- routing (during a batch) ----------------------------------------------------
 
     def _lane(self, index: int, partition: int) -> _Lane:
-        if self._planned is None or self._planned != self._generation():
-            raise NotPlanned("parking lanes not read for this assignment yet")
-        lane = self._lanes[index].get(partition)
+        """The lane of an event's partition. A batch taken before a rebalance
+        began uses the lanes read for its assignment: Faust waits for that batch
+        before it hands the partitions over (stream_wait_empty), so they are
+        still this worker's; waiting for the new assignment's lanes instead
+        would hold the rebalance forever. Each batch after it is prepared with
+        the new lanes."""
+        lane = self._lanes[index].get(partition) if self._planned is not None else None
         if lane is None:
-            raise NotPlanned(f"partition {partition} not in the assignment read")
+            raise NotPlanned(f"parking lanes of partition {partition} not read yet")
         return lane
 
     def parks(self, index: int, partition: int) -> bool:
@@ -206,10 +211,21 @@ class Parking:
             self._lane(index, partition)  # planned, owned
             by_partition.setdefault(partition, []).append(parked)
         topic = self._topics[index]
-        written = await asyncio.gather(
-            *(self._log.write(topic, p, chunk) for p, chunk in by_partition.items())
-        )
         now = self._clock()
+        try:
+            written = await asyncio.gather(
+                *(self._log.write(topic, p, chunk) for p, chunk in by_partition.items())
+            )
+        except Exception:
+            # Kafka may hold some of them all the same (a reply lost): until the
+            # log's end is read again, each lane counts as holding records, so
+            # that nothing of it goes direct before they are sent.
+            for partition in by_partition:
+                lane = self._lanes[index][partition]
+                lane.end = max(lane.end, lane.drained + len(lane.sent) + 1)
+                lane.oldest = lane.oldest or now
+            self._replan = True
+            raise
         for (partition, chunk), offsets in zip(by_partition.items(), written, strict=True):
             lane = self._lanes[index][partition]
             if lane.backlog == 0:
@@ -278,7 +294,7 @@ class Parking:
         assignment = self._assignment()
         if assignment is None:
             return IDLE_POLL_S
-        if assignment[0] != self._planned:
+        if self._stale(assignment[0]):
             return 0.0
         waits = [IDLE_POLL_S]
         for index, fault in enumerate(self._faults):
@@ -297,7 +313,7 @@ class Parking:
         if self._clock() < self._retry_at:
             return
         assignment = self._assignment()
-        if assignment is not None and assignment[0] != self._planned:
+        if assignment is not None and self._stale(assignment[0]):
             await self.run()
 
     async def run(self) -> None:
@@ -307,13 +323,15 @@ class Parking:
             await self._run()
             self._failures = 0
         except NotPlanned:
-            self._planned = None  # a rebalance began: read again once it is over
+            # A rebalance began: read again once it is over (the lanes held
+            # still route the batch in flight).
+            self._replan = True
             await self._tables.flush()  # what was stored while the lanes were ours
         except Exception as exc:
             self._failures += 1
             delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
             self._retry_at = self._clock() + delay
-            self._planned = None  # read again from the table and Kafka
+            self._replan = True  # read again from the table and Kafka
             if is_outage(exc):
                 log.warning(
                     "parking failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay
@@ -331,8 +349,10 @@ class Parking:
         assignment = self._assignment()
         if assignment is None:
             return
-        if assignment[0] != self._planned:
+        if self._stale(assignment[0]):
             await self._plan(*assignment)
+            if self._stale(assignment[0]):
+                return  # a rebalance began meanwhile: these lanes may be another's
         now = self._clock()
         for index, fault in enumerate(self._faults):
             drainable = self._drainable(index)
@@ -368,8 +388,10 @@ class Parking:
             extra={"destination": name},
         )
 
+    def _stale(self, generation: int) -> bool:
+        return self._replan or generation != self._planned
+
     async def _plan(self, generation: int, partitions: frozenset[int]) -> None:
-        self._planned = None
         lanes: list[dict[int, _Lane]] = []
         for index, destination in enumerate(self._destinations):
             ends = await self._log.end_offsets(self._topics[index], partitions)
@@ -399,6 +421,7 @@ class Parking:
             return  # a rebalance began while reading: read again
         self._lanes = lanes
         self._planned = generation
+        self._replan = False
 
     def _owned(self, partition: int) -> bool:
         assignment = self._assignment()

@@ -47,6 +47,8 @@ from worker.backfill import (
     Activations,
     ActivationTables,
     Backfiller,
+    Deferred,
+    Holds,
     NotPlanned,
     new_backfill_id,
 )
@@ -54,7 +56,7 @@ from worker.batching import is_outage
 from worker.budget import MemoryBudget
 from worker.control import encode_resend
 from worker.errors import RetryLater
-from worker.kinesis import KinesisWriter, WriterConfig
+from worker.kinesis import KinesisWriter, TransportError, WriterConfig
 from worker.membership import SegmentState, memberships_to_json
 from worker.pipeline import BatchProcessor, DeadLetterSink, Destination, InputMessage, Requests
 from worker.settings import Settings
@@ -1494,3 +1496,89 @@ async def test_a_queued_backfill_sends_the_members_of_when_its_mapping_was_seen(
         await rig.backfiller.run()
     assert tables.stored().jobs == ()
     assert rig.keys() == [*ids, "p0-0009"]  # not p0-0010: it joined after the mapping
+
+
+# -- parking (worker.parking holds a destination) ---------------------------------------------
+
+
+class FakeHolds:
+    """What the backfill asks of worker.parking: the destinations it holds."""
+
+    def __init__(self) -> None:
+        self.held: set[int] = set()
+        self.failures: list[tuple[int, str | None]] = []
+
+    def holds(self, destination: int) -> bool:
+        return destination in self.held
+
+    def failed(self, destination: int, reason: str | None) -> None:
+        self.failures.append((destination, reason))
+        self.held.add(destination)
+
+
+def with_parking(rig: Rig) -> FakeHolds:
+    holds = FakeHolds()
+    checked: Holds = holds  # mypy checks the fake against the protocol
+    rig.backfiller = Backfiller(
+        rig.destinations,
+        rig.activations,
+        rig.tables,
+        rig.dead_letters,
+        rig.assignment,
+        len(rig.partitions),
+        clock=rig.clock,
+        parking=checked,
+    )
+    return holds
+
+
+async def test_a_destination_parking_holds_gets_no_slice() -> None:
+    tables = Tables()
+    ids = members(tables, 3, SEG_A, SEG_C)
+    rig = Rig(config((SEG_A,), (SEG_C,)), tables)
+    holds = with_parking(rig)
+    holds.held.add(0)
+    await rig.backfiller.run()
+    assert rig.records(0) == []  # held: its records would overtake parked ones
+    assert sorted(rig.keys(1)) == ids  # the other destination goes on
+    [job] = tables.stored(ONE).jobs
+    assert (job.cursor, job.sent) == (None, 0)
+    assert rig.backfiller.due_in() == 1.0  # nothing due while held
+    holds.held.clear()
+    assert rig.backfiller.due_in() == 0.0
+    await rig.backfiller.run()
+    assert sorted(rig.keys(0)) == ids
+    assert tables.stored(ONE).jobs == ()
+
+
+async def test_a_slice_the_stream_refuses_parks_the_destination_and_moves_nothing() -> None:
+    tables = Tables()
+    ids = members(tables, 3, SEG_A)
+    rig = Rig(config((SEG_A,)), tables)
+    holds = with_parking(rig)
+    refused: list[int] = []
+
+    def refuse() -> None:
+        refused.append(1)
+        raise TransportError("ResourceNotFoundException", "stream gone", fatal=True)
+
+    rig.transports[0].on_call = refuse
+    await rig.backfiller.run()
+    assert refused == [1]  # at once: no retry of a refusing stream
+    assert holds.failures == [(0, "ResourceNotFoundException: stream gone")]
+    [job] = tables.stored().jobs
+    assert (job.cursor, job.sent) == (None, 0)
+    assert rig.dead_letters.sent == []
+    # Once parking lets it go (its stream accepts again), the whole job is sent.
+    rig.transports[0].on_call = None
+    holds.held.clear()
+    rig.clock.advance(31.0)
+    await rig.backfiller.run()
+    assert sorted(rig.keys()) == ids
+    assert tables.stored().jobs == ()
+    assert holds.failures == [(0, "ResourceNotFoundException: stream gone")]
+
+
+def test_a_deferred_slice_is_retried_later() -> None:
+    assert issubclass(Deferred, RetryLater)
+    assert is_outage(Deferred("destination parked"))

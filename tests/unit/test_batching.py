@@ -15,7 +15,7 @@ from aiokafka.errors import (
 )
 from faust.exceptions import NotReady, ProducerSendError
 
-from worker.batching import BatchRunner, EventBatches, is_outage
+from worker.batching import Background, Backgrounds, BatchRunner, EventBatches, is_outage
 from worker.budget import MemoryBudget
 from worker.pipeline import InputMessage
 
@@ -295,3 +295,98 @@ async def test_background_work_runs_between_batches_never_during_one() -> None:
         if step.startswith("batch ["):
             assert trace[index - 1] == "prepare"
             assert trace[index + 1] == "batch done"
+
+
+class Work:
+    """A background work due in ``due`` seconds; what it does goes to ``trace``."""
+
+    def __init__(self, name: str, due: float, trace: list[str]) -> None:
+        self.name = name
+        self.due = due
+        self.trace = trace
+
+    def due_in(self) -> float:
+        return self.due
+
+    async def run(self) -> None:
+        self.trace.append(f"run {self.name}")
+
+    async def prepare(self) -> None:
+        self.trace.append(f"prepare {self.name}")
+
+
+def check_work_is_background(work: Work, works: Backgrounds) -> tuple[Background, Background]:
+    return work, works  # mypy checks them against the protocol
+
+
+async def test_backgrounds_run_only_the_due_works_in_order() -> None:
+    trace: list[str] = []
+    works = Backgrounds(
+        Work("parking", 0.0, trace), Work("backfill", 0.5, trace), Work("c", -1.0, trace)
+    )
+    await works.run()
+    assert trace == ["run parking", "run c"]
+
+
+async def test_backgrounds_prepare_every_work_in_order() -> None:
+    trace: list[str] = []
+    works = Backgrounds(Work("parking", 5.0, trace), Work("backfill", 0.0, trace))
+    await works.prepare()
+    assert trace == ["prepare parking", "prepare backfill"]
+
+
+def test_backgrounds_are_due_when_the_first_of_them_is() -> None:
+    trace: list[str] = []
+    assert Backgrounds(Work("a", 1.0, trace), Work("b", 0.25, trace)).due_in() == 0.25
+    assert Backgrounds(Work("a", 0.0, trace), Work("b", 0.25, trace)).due_in() == 0.0
+    assert Backgrounds(Work("a", 3.0, trace)).due_in() == 3.0
+    assert trace == []
+
+
+async def test_backgrounds_ask_each_work_when_its_turn_comes() -> None:
+    """A work made due by the one before it runs in the same round (parking reads a
+    new assignment, then the backfill plans it)."""
+    trace: list[str] = []
+    second = Work("backfill", 1.0, trace)
+
+    class First(Work):
+        async def run(self) -> None:
+            await super().run()
+            second.due = 0.0
+
+    await Backgrounds(First("parking", 0.0, trace), second).run()
+    assert trace == ["run parking", "run backfill"]
+
+
+async def test_backgrounds_between_batches() -> None:
+    trace: list[str] = []
+
+    class Processor(FakeProcessor):
+        async def process(self, messages: Sequence[InputMessage]) -> None:
+            trace.append("batch")
+
+    class Once(Work):
+        async def run(self) -> None:
+            await super().run()
+            self.due = 3600.0
+
+    class Stream:
+        def noack(self) -> Stream:
+            return self
+
+        async def events(self):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.02)
+            yield Event(0, 10)
+            await asyncio.sleep(3600)
+
+        async def ack(self, event: object) -> None:
+            trace.append("ack")
+
+    works = Backgrounds(Once("parking", 0.0, trace), Work("backfill", 3600.0, trace))
+    run = BatchRunner(Processor(), 10, 0.001, MemoryBudget(1 << 20), background=works)
+    task = asyncio.ensure_future(run.run(Stream()))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert trace == ["run parking", "prepare parking", "prepare backfill", "batch", "ack"]

@@ -17,6 +17,7 @@ from worker.control import (
     Action,
     Command,
     Progress,
+    encode_command,
     encode_resend,
     follow_changelog,
     job_progress,
@@ -497,3 +498,78 @@ def test_progress_from_the_changelog() -> None:
     progress = job_progress(states, "r1")
     assert progress == Progress(done=2, pending=0, sent=10, total=10)
     assert progress.taken == 2
+
+
+# --- pause and resume -----------------------------------------------------------------
+
+
+def test_actions() -> None:
+    assert [a.value for a in Action] == ["resend", "pause", "resume"]
+
+
+@pytest.mark.parametrize("action", [Action.PAUSE, Action.RESUME])
+def test_pause_and_resume_parse(action: Action) -> None:
+    value = orjson.dumps({"command": action.value, "id": "p-1", "destination": DEST})
+    command = parse_command(KEY, value)
+    assert command == Command("p-1", DEST, None, action)
+    assert command.action is action
+
+
+def test_a_resend_is_the_default_action() -> None:
+    assert parse_command(KEY, _command()).action is Action.RESEND
+    assert Command("resend-1", DEST, None) == Command("resend-1", DEST, None, Action.RESEND)
+
+
+@pytest.mark.parametrize("command", ["PAUSE", "Pause", "pause ", "suspend", "unpause"])
+def test_unknown_pause_like_commands(command: str) -> None:
+    bad = _bad(_command(command=command))
+    assert (bad.reason, bad.detail) == (Reason.INVALID_FIELD, f"unknown command {command!r}")
+
+
+@pytest.mark.parametrize("action", [Action.PAUSE, Action.RESUME])
+def test_encode_command_of_pause_and_resume(action: Action) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    body = orjson.loads(encode_command(action, "p-1", DEST))
+    assert set(body) == {"command", "id", "destination", "requestedAt"}  # no segments
+    assert (body["command"], body["id"], body["destination"]) == (action.value, "p-1", DEST)
+    assert before <= datetime.fromisoformat(body["requestedAt"]) <= datetime.now(UTC)
+    # Segments mean nothing to a pause: left out even when given.
+    assert "segments" not in orjson.loads(encode_command(action, "p-1", DEST, ["s1"]))
+
+
+def test_encode_command_of_a_resend_is_encode_resend() -> None:
+    body = orjson.loads(encode_command(Action.RESEND, "resend-1", DEST))
+    assert body["command"] == "resend"
+    assert "segments" in body
+    assert body["segments"] is None
+    assert parse_command(None, encode_command(Action.RESEND, "resend-1", DEST, ["s2", "s1"])) == (
+        Command("resend-1", DEST, frozenset({"s1", "s2"}))
+    )
+    ours = orjson.loads(encode_command(Action.RESEND, "resend-1", DEST, ["s1"]))
+    theirs = orjson.loads(encode_resend("resend-1", DEST, ["s1"]))
+    assert {k: v for k, v in ours.items() if k != "requestedAt"} == {
+        k: v for k, v in theirs.items() if k != "requestedAt"
+    }
+
+
+def test_a_resend_still_needs_its_segments_to_be_a_non_empty_list() -> None:
+    assert parse_command(KEY, _command(segments=None)).segments is None
+    bad = _bad(_command(segments=[]))
+    assert bad.detail == "'segments' must be a non-empty list of segment ids"
+
+
+def test_new_job_ids_name_their_action() -> None:
+    for action in Action:
+        job_id = new_job_id(action)
+        assert job_id.startswith(f"{action.value}-")
+        int(job_id.removeprefix(f"{action.value}-"), 16)
+    assert new_job_id().startswith("resend-")
+
+
+@given(st.sampled_from(list(Action)), _names, _names, st.none() | st.lists(_names, min_size=1))
+def test_encode_command_round_trips(
+    action: Action, command_id: str, destination: str, segments: list[str] | None
+) -> None:
+    command = parse_command(None, encode_command(action, command_id, destination, segments))
+    expected = None if segments is None or action is not Action.RESEND else frozenset(segments)
+    assert command == Command(command_id, destination, expected, action)

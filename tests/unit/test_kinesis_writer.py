@@ -533,3 +533,206 @@ def test_every_record_is_accepted_in_key_order(scenario: Scenario) -> None:
     assert sorted(data for data, _ in fake.accepted) == sorted(r.data for r in records)
     assert_per_key_order(records, fake)
     assert writer.writable or not records
+
+
+# -- patience: records deferred for the caller to park (worker.parking) -------------------
+
+
+class FakeClock:
+    """time.monotonic of the writer, moved only by its sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The writer's clock and sleeps faked: each sleep moves the clock by its delay;
+    every backoff is its cap (1 s with ``SLOW``)."""
+    fake = FakeClock()
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(delay: float) -> None:
+        fake.sleeps.append(delay)
+        fake.now += delay
+        await real_sleep(0)
+
+    monkeypatch.setattr("worker.kinesis._writer.time", fake)
+    monkeypatch.setattr("worker.kinesis._writer.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("worker.kinesis._writer.random.uniform", lambda _a, b: b)
+    return fake
+
+
+# Every retry of a failed wave waits 1 s (the cap), a refusing stream 10 s.
+SLOW = WriterConfig(backoff_base_s=1.0, backoff_max_s=1.0, fatal_retry_s=10.0)
+GONE = TransportError("ResourceNotFoundException", "Stream s not found", fatal=True)
+
+
+def deferred_keys(records: Sequence[Record], outcomes: Sequence[Outcome]) -> dict[str, list[bool]]:
+    """For each key, whether each of its records was deferred, in order."""
+    found: dict[str, list[bool]] = {}
+    for r, o in zip(records, outcomes, strict=True):
+        found.setdefault(r.partition_key, []).append(o.deferred)
+    return found
+
+
+async def test_a_refusing_stream_defers_every_record_not_accepted_at_once(
+    clock: FakeClock,
+) -> None:
+    records = [record("a", 0), record("b", 0), record("a", 1), record("b", 1), record("a", 2)]
+    fake = FakeTransport(call_errors=[None, GONE])
+    writer = KinesisWriter("s", fake, SLOW)
+    outcomes = await writer.put_all(records, patience_s=3600.0)
+    # The first wave was accepted, the second refused: no retry, no wait.
+    assert [o.accepted for o in outcomes] == [True, True, False, False, False]
+    assert [o.deferred for o in outcomes] == [False, False, True, True, True]
+    assert len(fake.calls) == 2
+    assert clock.sleeps == []
+    assert fake.accepted == [(b"a#0", "a"), (b"b#0", "b")]
+    for outcome in outcomes[2:]:
+        assert outcome.reason is None
+        assert outcome.detail == "ResourceNotFoundException: Stream s not found"
+    assert writer.last_error == "ResourceNotFoundException: Stream s not found"
+    assert writer.writable is False
+
+
+async def test_deferred_records_are_the_tail_of_each_keys_records(clock: FakeClock) -> None:
+    # One record per call: the calls of a wave are answered one by one.
+    config = WriterConfig(max_batch_records=1, backoff_base_s=1.0, backoff_max_s=1.0)
+    records = [record("a", 0), record("b", 0), record("c", 0), record("a", 1), record("c", 1)]
+    fake = FakeTransport(call_errors=[None, GONE, None])
+    outcomes = await KinesisWriter("s", fake, config).put_all(records, patience_s=0.0)
+    assert deferred_keys(records, outcomes) == {
+        "a": [False, True],
+        "b": [True],
+        "c": [False, True],
+    }
+    assert sorted(fake.accepted) == [(b"a#0", "a"), (b"c#0", "c")]
+    assert_per_key_order(records, fake)
+
+
+async def test_a_record_refused_for_good_keeps_its_reason_among_deferred_ones(
+    clock: FakeClock,
+) -> None:
+    too_big = Record(b"x" * MIB, "b")
+    fake = FakeTransport(call_errors=[GONE])
+    outcomes = await KinesisWriter("s", fake, SLOW).put_all(
+        [record("a", 0), too_big, record("b", 1)], patience_s=30.0
+    )
+    assert [o.deferred for o in outcomes] == [True, False, True]
+    assert outcomes[1].reason == "record_too_large"
+
+
+async def test_a_failing_stream_defers_after_its_patience_without_progress(
+    clock: FakeClock,
+) -> None:
+    fake = FakeTransport(record_errors={b"a#0": [THROTTLED] * 20})
+    writer = KinesisWriter("s", fake, SLOW)
+    outcomes = await writer.put_all([record("a", 0), record("a", 1)], patience_s=3.5)
+    # Waves at 0, 1, 2, 3 s wait; the one at 4 s is past 3.5 s without progress.
+    assert clock.sleeps == [1.0, 1.0, 1.0, 1.0]
+    assert len(fake.calls) == 5
+    assert [o.deferred for o in outcomes] == [True, True]
+    assert outcomes[0].detail == f"{THROTTLED}: try again"
+    assert writer.last_error == f"{THROTTLED}: try again"
+    assert writer.writable is True  # not refused: slow
+
+
+async def test_patience_counts_from_the_last_record_accepted(clock: FakeClock) -> None:
+    records = [record("a", 0)] + [record("b", n) for n in range(6)]
+    fake = FakeTransport(record_errors={b"a#0": [THROTTLED] * 20})
+    outcomes = await KinesisWriter("s", fake, SLOW).put_all(records, patience_s=3.5)
+    # b moves a record a wave until 5 s; a#0 is deferred 4 s after that, not before.
+    assert [o.accepted for o in outcomes] == [False] + [True] * 6
+    assert outcomes[0].deferred
+    assert clock.now == 9.0
+    assert len(fake.calls) == 10
+
+
+async def test_patience_zero_gives_up_after_the_first_failed_wave(clock: FakeClock) -> None:
+    records = [record("a", 0), record("b", 0), record("a", 1)]
+    fake = FakeTransport(record_errors={b"a#0": [INTERNAL]})
+    outcomes = await KinesisWriter("s", fake, SLOW).put_all(records, patience_s=0.0)
+    assert [(o.accepted, o.deferred) for o in outcomes] == [
+        (False, True),
+        (True, False),
+        (False, True),
+    ]
+    assert len(fake.calls) == 1
+    assert clock.sleeps == []
+
+
+async def test_a_wave_without_failure_is_never_deferred(clock: FakeClock) -> None:
+    records = [record("a", n) for n in range(4)]
+    fake = FakeTransport()
+    outcomes = await KinesisWriter("s", fake, SLOW).put_all(records, patience_s=0.0)
+    assert outcomes == [Outcome(accepted=True)] * 4
+    assert len(fake.calls) == 4
+
+
+@pytest.mark.parametrize(
+    "fake",
+    [
+        pytest.param(lambda: FakeTransport(call_errors=[GONE, GONE]), id="refusing"),
+        pytest.param(
+            lambda: FakeTransport(record_errors={b"a#0": [THROTTLED] * 8}), id="throttled"
+        ),
+    ],
+)
+async def test_without_patience_every_record_is_retried_until_accepted(
+    clock: FakeClock, fake: Callable[[], FakeTransport]
+) -> None:
+    transport = fake()
+    records = [record("a", 0), record("b", 0), record("a", 1)]
+    outcomes = await KinesisWriter("s", transport, SLOW).put_all(records)
+    assert outcomes == [Outcome(accepted=True)] * 3
+    assert not any(o.deferred for o in outcomes)
+    assert clock.now >= 8.0  # it waited as long as it took
+    assert_per_key_order(records, transport)
+
+
+async def test_a_record_refused_with_a_fatal_code_defers_at_once(clock: FakeClock) -> None:
+    fake = FakeTransport(record_errors={b"a#0": ["KMSDisabledException"]})
+    writer = KinesisWriter("s", fake, SLOW)
+    outcomes = await writer.put_all([record("a", 0), record("b", 0)], patience_s=3600.0)
+    assert [(o.accepted, o.deferred) for o in outcomes] == [(False, True), (True, False)]
+    assert clock.sleeps == []
+    assert writer.last_error is not None
+    assert writer.last_error.startswith("KMSDisabledException")
+
+
+async def test_last_error_names_the_code_of_a_failed_call() -> None:
+    fake = FakeTransport(call_errors=[TransportError(INTERNAL, "boom", fatal=False)])
+    writer = KinesisWriter("s", fake, FAST)
+    assert writer.last_error is None
+    await writer.put_all([record("a", 0)])
+    assert writer.last_error == f"{INTERNAL}: boom"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_with_patience_each_key_is_accepted_then_deferred_in_order(scenario: Scenario) -> None:
+    counters: dict[str, int] = {}
+    records = []
+    for key in scenario.keys:
+        counters[key] = counters.get(key, 0) + 1
+        records.append(record(key, counters[key]))
+    fake = FakeTransport(
+        record_errors={r.data: f for r, f in zip(records, scenario.failures, strict=True)},
+        call_errors=scenario.call_errors,
+    )
+    config = WriterConfig(
+        max_batch_records=scenario.max_batch_records, backoff_base_s=0.0, backoff_max_s=0.0
+    )
+    outcomes = asyncio.run(KinesisWriter("s", fake, config).put_all(records, patience_s=0.0))
+    accepted = {data for data, _ in fake.accepted}
+    for r, o in zip(records, outcomes, strict=True):
+        assert o.accepted != o.deferred
+        assert (r.data in accepted) == o.accepted
+    for key, flags in deferred_keys(records, outcomes).items():
+        assert flags == sorted(flags), f"{key}: a record deferred before an accepted one"
+    assert_per_key_order(records, fake)

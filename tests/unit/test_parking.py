@@ -10,12 +10,13 @@ the assignment are injected.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from tests.unit.test_kinesis_writer import FakeTransport
 from worker.kinesis import KinesisWriter, Record, TransportError, WriterConfig
@@ -62,6 +63,9 @@ class FakeLog:
         self.end_offset_calls: list[tuple[str, tuple[int, ...]]] = []
         self.on_end_offsets: Callable[[], None] | None = None
         self.error: Exception | None = None
+        # Raised once by the next write after Kafka stored its records (a timeout
+        # whose write went through).
+        self.lost_reply: Exception | None = None
 
     async def write(self, topic: str, partition: int, records: Sequence[Parked]) -> list[int]:
         if self.error is not None:
@@ -73,6 +77,9 @@ class FakeLog:
             lane.append(stored)
             offsets.append(stored.offset)
         self.writes.append((topic, partition, [p.record.data for p in records]))
+        if self.lost_reply is not None:
+            lost, self.lost_reply = self.lost_reply, None
+            raise lost
         return offsets
 
     async def end_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
@@ -231,25 +238,31 @@ async def test_lanes_are_not_planned_before_prepare() -> None:
         rig.parking.pause(0, 0, True)
     with pytest.raises(NotPlanned):
         await rig.parking.park(0, [(0, parked("a", 0))])
-    assert rig.parking.holds(0) and rig.parking.holds(1)  # backfills wait meanwhile
+    assert rig.parking.holds(0)
+    assert rig.parking.holds(1)
     assert rig.parking.due_in() == 0.0  # an assignment to read
     await rig.parking.prepare()
     assert [rig.parking.parks(i, p) for i in (0, 1) for p in (0, 1)] == [False] * 4
-    assert not rig.parking.holds(0) and not rig.parking.holds(1)
+    assert not rig.parking.holds(0)
+    assert not rig.parking.holds(1)
     assert rig.log.end_offset_calls == [(TOPICS[0], (0, 1)), (TOPICS[1], (0, 1))]
     assert rig.log.writes == []
 
 
-async def test_a_new_generation_is_not_planned_until_prepared_again() -> None:
+async def test_a_new_generation_is_read_when_prepared() -> None:
     rig = Rig()
     await rig.parking.prepare()
     rig.rebalance([1, 2])
+    # A batch taken before the rebalance still routes with the lanes it was
+    # taken under (Faust waits for it before handing partitions over)...
+    assert not rig.parking.parks(0, 1)
     with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 1)  # even a partition kept: the generation changed
+        rig.parking.parks(0, 2)  # ...but a partition never read has no lane yet
     assert rig.parking.holds(0)
     assert rig.parking.due_in() == 0.0
     await rig.parking.prepare()
-    assert not rig.parking.parks(0, 1) and not rig.parking.parks(0, 2)
+    assert not rig.parking.parks(0, 1)
+    assert not rig.parking.parks(0, 2)
     with pytest.raises(NotPlanned):
         rig.parking.parks(0, 0)  # not owned any more
 
@@ -289,24 +302,42 @@ async def test_a_new_assignment_reads_the_table_and_the_logs_ends() -> None:
     rig.tables.parking[ONE, 1] = {"drained": 0, "paused": True}
     # A parking topic created again: what the table says past its end was sent.
     rig.tables.parking[TWO, 0] = {"drained": 10, "paused": False}
+    # Its stream refuses the first slice (prepare drains once planned): nothing moves.
+    rig.transports[0].call_errors.append(GONE)
     await rig.parking.prepare()
 
+    assert rig.sent() == [b"a#2"]  # from "drained" on
     one, two = rig.parking.statuses()
-    assert (one.state, one.reason, one.parked) == (DeliveryState.PAUSED, "paused in 1 partition(s)", 4)
+    assert (one.state, one.parked) == (DeliveryState.PARKED, 4)
     assert one.oldest_age_s == 50.0  # the record at "drained" of partition 0
     assert (two.state, two.parked, two.oldest_age_s) == (DeliveryState.DIRECT, 0, 0.0)
-    assert rig.parking.parks(0, 0)  # behind its backlog
-    assert rig.parking.parks(0, 1)  # paused
+    assert rig.parking.parks(0, 0)
+    assert rig.parking.parks(0, 1)
     assert not rig.parking.parks(1, 0)
-    # The lane is sent from "drained" on; the paused one is not.
-    assert rig.parking.due_in() == 0.0
-    await rig.parking.run()
+    # Once it accepts: the lane is sent from "drained" on; the paused one is not.
+    await rig.probe()
     assert rig.accepted() == [b"a#2", b"a#3", b"a#4"]
     assert rig.tables.parking[ONE, 0] == {"drained": 5, "paused": False}
     assert rig.tables.parking[ONE, 1] == {"drained": 0, "paused": True}
+    one = rig.status(0)
+    assert (one.state, one.reason, one.parked) == (
+        DeliveryState.PAUSED,
+        "paused in 1 partition(s)",
+        1,
+    )
+    assert one.oldest_age_s == 20.0 + PROBE_S
     assert not rig.parking.parks(0, 0)
     assert rig.parking.parks(0, 1)
     assert rig.sent(1) == []
+
+
+async def test_prepare_drains_a_slice_once_planned() -> None:
+    rig = Rig()
+    rig.log.seed(TOPICS[0], 0, [parked("a", n) for n in range(3)], at=START - 5)
+    rig.tables.parking[ONE, 0] = {"drained": 1, "paused": False}
+    await rig.parking.prepare()
+    assert rig.accepted() == [b"a#1", b"a#2"]
+    assert not rig.parking.parks(0, 0)
 
 
 async def test_a_failure_to_read_is_retried_later_and_unplanned_meanwhile() -> None:
@@ -332,9 +363,12 @@ async def test_after_failed_every_lane_of_the_destination_parks() -> None:
     rig = Rig()
     await rig.parking.prepare()
     rig.parking.failed(0, "ResourceNotFoundException: stream gone")
-    assert rig.parking.parks(0, 0) and rig.parking.parks(0, 1)
-    assert not rig.parking.parks(1, 0) and not rig.parking.parks(1, 1)
-    assert rig.parking.holds(0) and not rig.parking.holds(1)
+    assert rig.parking.parks(0, 0)
+    assert rig.parking.parks(0, 1)
+    assert not rig.parking.parks(1, 0)
+    assert not rig.parking.parks(1, 1)
+    assert rig.parking.holds(0)
+    assert not rig.parking.holds(1)
     status = rig.status(0)
     assert status.state is DeliveryState.PARKED
     assert status.reason == "ResourceNotFoundException: stream gone"
@@ -356,7 +390,8 @@ async def test_park_writes_each_partition_in_order_and_counts_the_backlog() -> N
     assert rig.log.data(TOPICS[0], 0) == [b"a#0", b"a#1", b"c#0"]
     assert rig.log.data(TOPICS[0], 1) == [b"b#0", b"b#1"]
     assert rig.log.lanes.get((TOPICS[1], 0)) is None
-    assert rig.parking.parks(0, 0) and rig.parking.parks(0, 1)
+    assert rig.parking.parks(0, 0)
+    assert rig.parking.parks(0, 1)
     assert not rig.parking.parks(1, 0)
     assert rig.parking.holds(0)
     rig.clock.advance(5)
@@ -422,7 +457,8 @@ async def test_a_probe_sends_the_oldest_records_then_every_lane_drains_in_order(
     await rig.parking.run()
     assert rig.accepted() == [b"a#0", b"c#0", b"a#1", b"b#0", b"b#1"]
     assert rig.tables.parking[ONE, 1] == {"drained": 2, "paused": False}
-    assert not rig.parking.parks(0, 0) and not rig.parking.parks(0, 1)
+    assert not rig.parking.parks(0, 0)
+    assert not rig.parking.parks(0, 1)
     assert not rig.parking.holds(0)
     status = rig.status(0)
     assert (status.state, status.reason, status.parked, status.oldest_age_s) == (
@@ -482,12 +518,13 @@ async def test_a_probe_gives_up_after_its_first_failed_wave() -> None:
     await rig.parking.prepare()
     rig.parking.failed(0, "ResourceNotFoundException: stream gone")
     await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("a", 1))])
-    rig.transports[0].record_errors[b"a#0"] = [THROTTLED, THROTTLED]
+    rig.transports[0].record_errors[b"a#0"] = deque([THROTTLED, THROTTLED])
     await rig.probe()
     assert rig.sent() == [b"a#0"]  # no retry
     status = rig.status(0)
     assert status.state is DeliveryState.PARKED
-    assert status.reason is not None and THROTTLED in status.reason
+    assert status.reason is not None
+    assert THROTTLED in status.reason
 
 
 async def test_a_partly_accepted_slice_resends_only_what_was_not_accepted() -> None:
@@ -495,14 +532,17 @@ async def test_a_partly_accepted_slice_resends_only_what_was_not_accepted() -> N
     await rig.parking.prepare()
     rig.parking.failed(0, "ResourceNotFoundException: stream gone")
     await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("b", 0)), (0, parked("c", 0))])
-    rig.transports[0].record_errors[b"b#0"] = [THROTTLED]
+    rig.transports[0].record_errors[b"b#0"] = deque([THROTTLED])
     await rig.probe()
     assert rig.accepted() == [b"a#0", b"c#0"]
     # "drained" moves over the contiguous prefix only: b#0 (offset 1) is not sent.
     assert rig.tables.parking[ONE, 0] == {"drained": 1, "paused": False}
     status = rig.status(0)
-    assert (status.state, status.parked) == (DeliveryState.PARKED, 1)
-    await rig.probe()
+    assert status.parked == 1  # c#0 is not counted again
+    assert rig.parking.parks(0, 0)
+    # Records got through: the rest is drained, without c#0.
+    rig.clock.advance(PROBE_S)
+    await rig.parking.run()
     assert [[data for data, _ in call.records] for call in rig.transports[0].calls] == [
         [b"a#0", b"b#0", b"c#0"],
         [b"b#0"],  # c#0 was accepted: not sent again
@@ -511,6 +551,23 @@ async def test_a_partly_accepted_slice_resends_only_what_was_not_accepted() -> N
     assert rig.tables.parking[ONE, 0] == {"drained": 3, "paused": False}
     assert rig.status(0).state is DeliveryState.DIRECT
     assert not rig.parking.parks(0, 0)
+
+
+async def test_a_key_left_behind_keeps_its_later_records_behind_it() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    records = [parked("a", 0), parked("b", 0), parked("a", 1), parked("b", 1)]
+    await rig.parking.park(0, [(0, r) for r in records])
+    rig.transports[0].record_errors[b"a#0"] = deque([THROTTLED])
+    await rig.probe()
+    assert rig.accepted() == [b"b#0"]  # one wave: a#0 failed, a#1 waits behind it
+    assert rig.tables.parking[ONE, 0]["drained"] == 0
+    assert rig.status(0).parked == 3
+    await rig.parking.run()
+    assert rig.accepted() == [b"b#0", b"a#0", b"b#1", b"a#1"]
+    assert rig.sent().count(b"b#0") == 1
+    assert rig.tables.parking[ONE, 0]["drained"] == 4
 
 
 async def test_parked_records_the_stream_never_takes_are_dead_lettered() -> None:
@@ -554,8 +611,7 @@ async def test_a_record_kinesis_refuses_does_not_keep_the_destination_parked() -
     rig.parking.failed(0, "ResourceNotFoundException: stream gone")
     rig.transports[0].invalid.add(b"b#0")
     await rig.parking.park(0, [(0, parked("a", 0)), (0, parked("b", 0)), (0, parked("c", 0))])
-    for _ in range(5):
-        await rig.probe()
+    await rig.probe()  # isolates the culprit: the others are taken, it is dead-lettered
     assert [letter["reason"] for _, letter in rig.letters.sent] == ["rejected_by_kinesis"]
     assert sorted(rig.accepted()) == [b"a#0", b"c#0"]
     assert rig.status(0).state is DeliveryState.DIRECT
@@ -575,7 +631,8 @@ async def test_a_draining_lane_that_fails_parks_the_destination_again() -> None:
         str(GONE),
         2,
     )
-    assert rig.parking.parks(0, 0) and rig.parking.parks(0, 1)
+    assert rig.parking.parks(0, 0)
+    assert rig.parking.parks(0, 1)
 
 
 async def test_a_probe_with_nothing_parked_clears_the_fault() -> None:
@@ -597,8 +654,7 @@ async def test_a_partition_lost_during_a_slice_stores_nothing_for_it() -> None:
     assert rig.accepted() == [b"a#0", b"b#0"]  # the stream took them meanwhile
     assert rig.tables.writes == []  # but the new owner sends them: nothing stored here
     assert rig.letters.sent == []
-    with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 1)
+    assert rig.parking.due_in() == 0.0  # read again before the next batch
     rig.transports[0].on_call = None
     await rig.parking.prepare()
     assert not rig.parking.parks(0, 1)
@@ -622,6 +678,41 @@ async def test_lanes_no_longer_owned_are_not_sent_when_planning_is_interrupted()
     rig.log.on_end_offsets = rebalance_again
     await rig.parking.run()
     assert rig.sent() == []
+
+
+async def test_records_stored_by_a_write_that_failed_are_not_sent_after_newer_ones() -> None:
+    """Kafka stored the parked record but its reply was lost (a timeout with
+    acks=all): the batch is retried. The record now sits in the lane; it must not
+    be sent after the newer records of its profile that follow it."""
+    rig = Rig(partitions=[0])
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    rig.log.lost_reply = KafkaTimeoutError()
+    with pytest.raises(KafkaTimeoutError):
+        await rig.parking.park(0, [(0, parked("a", 1))])
+    # The stream is back; the batch loop prepares and retries the batch.
+    rig.clock.advance(PROBE_S)
+    await rig.parking.prepare()
+    await rig.parking.run()
+    try:
+        direct = not rig.parking.parks(0, 0)
+    except NotPlanned:
+        await rig.parking.prepare()
+        direct = not rig.parking.parks(0, 0)
+    retried = [parked("a", 1), parked("a", 2)]
+    if direct:  # as the pipeline routes them
+        await rig.writers[0].put_all([p.record for p in retried])
+    else:
+        await rig.parking.park(0, [(0, p) for p in retried])
+    # Later: parked once more, then drained.
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    await rig.parking.park(0, [(0, parked("a", 3))])
+    for _ in range(3):
+        rig.clock.advance(PROBE_S)
+        await rig.parking.run()
+    sent = rig.accepted()
+    assert sent[-1] == b"a#3"
+    assert sent == sorted(sent), f"an older record of the profile after a newer one: {sent}"
 
 
 # -- pause and resume -----------------------------------------------------------------------
@@ -686,7 +777,9 @@ async def test_statuses_follow_the_destinations_states() -> None:
     rig = Rig()
     assert [s.state for s in rig.parking.statuses()] == [DeliveryState.DIRECT] * 2
     await rig.parking.prepare()
-    assert [(s.name, s.state, s.reason, s.parked, s.oldest_age_s) for s in rig.parking.statuses()] == [
+    assert [
+        (s.name, s.state, s.reason, s.parked, s.oldest_age_s) for s in rig.parking.statuses()
+    ] == [
         (ONE, DeliveryState.DIRECT, None, 0, 0.0),
         (TWO, DeliveryState.DIRECT, None, 0, 0.0),
     ]
@@ -707,7 +800,8 @@ async def test_holds_while_anything_of_the_destination_is_parked_or_would_be() -
     await rig.parking.prepare()
     assert not rig.parking.holds(0)
     await rig.parking.park(0, [(1, parked("b", 0, 1))])
-    assert rig.parking.holds(0) and not rig.parking.holds(1)
+    assert rig.parking.holds(0)
+    assert not rig.parking.holds(1)
     await rig.parking.run()
     assert not rig.parking.holds(0)
     rig.parking.pause(0, 0, True)

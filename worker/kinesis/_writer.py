@@ -253,6 +253,7 @@ class KinesisWriter:
             wave = [queue[0] for queue in queues.values()]
             if self._shards is not None:
                 wave = await self._within_shard_limits(records, wave, shard_of)
+            isolated = len(isolate)
             failed, fatal = await self._send_wave(records, wave, outcomes, isolate, sent_before)
             progressed = False
             for index in wave:
@@ -270,7 +271,12 @@ class KinesisWriter:
             if fatal is not None:
                 self.last_error = str(fatal)
             waited = time.monotonic() - last_progress
-            if patience_s is not None and (fatal is not None or (failed and waited >= patience_s)):
+            # A call refused as invalid is split into calls of one record, which
+            # find the culprit: not a failure of the stream to wait out.
+            splitting = len(isolate) > isolated
+            if patience_s is not None and (
+                fatal is not None or (failed and waited >= patience_s and not splitting)
+            ):
                 return self._defer(outcomes, queues)
             if fatal is not None:
                 log.error(
