@@ -153,8 +153,13 @@ class Activations:
     def current(self) -> bool:
         return self._planned is not None and self._generation() == self._planned
 
-    def get(self, destination: int, partition: int) -> Activation:
-        if not self.current() or partition not in self._partitions:
+    def get(self, destination: int, partition: int, *, batch: bool = False) -> Activation:
+        """The activation as planned. Between batches, only for the current
+        assignment. For a batch (``batch``), the one it was taken under: Faust
+        waits for that batch before it hands the partitions over, so waiting
+        for the new assignment instead would hold the rebalance forever."""
+        planned = self._planned is not None and (batch or self.current())
+        if not planned or partition not in self._partitions:
             raise NotPlanned(f"partition {partition} is not planned for this assignment")
         key = (destination, partition)
         held = self._held.get(key)
@@ -220,7 +225,8 @@ class Activations:
         self, destination: int, partition: int, job_id: str, segments: frozenset[str]
     ) -> None:
         """A re-send (worker.control), queued after the partition's pending jobs."""
-        updated = request(self.get(destination, partition), job_id, segments, self._clock())
+        activation = self.get(destination, partition, batch=True)
+        updated = request(activation, job_id, segments, self._clock())
         if updated is not None:
             log.info(
                 "re-send %s of %s taken in partition %d",
