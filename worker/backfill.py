@@ -158,8 +158,8 @@ class Activations:
         assignment. For a batch (``batch``), the one it was taken under: Faust
         waits for that batch before it hands the partitions over, so waiting
         for the new assignment instead would hold the rebalance forever."""
-        planned = self._planned is not None and (batch or self.current())
-        if not planned or partition not in self._partitions:
+        usable = self._planned is not None and (batch or self.current())
+        if not usable or partition not in self._partitions:
             raise NotPlanned(f"partition {partition} is not planned for this assignment")
         key = (destination, partition)
         held = self._held.get(key)
