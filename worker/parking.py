@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 SLICE = 500
 IDLE_POLL_S = 1.0
 REPORT_EVERY_S = 1.0
+# Between two batches, draining lanes go on for this long.
+DRAIN_BUDGET_S = 0.25
 BACKOFF_MAX_S = 30.0
 
 
@@ -69,6 +71,9 @@ class ParkingLog(Protocol):
 
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Parked]:
         """Up to ``limit`` records from ``offset`` on, in order (fewer: none more yet)."""
+
+    async def trim(self, topic: str, partition: int, before: int) -> None:
+        """Deletes the records before offset ``before``."""
 
 
 class ParkingTables(Protocol):
@@ -158,6 +163,9 @@ class Parking:
         self._retry_at = 0.0
         self._failures = 0
         self._reported_at = 0.0
+        # (destination, partition, offset) of lanes emptied in this run: trimmed
+        # once the table holding their cursor is flushed.
+        self._emptied: list[tuple[int, int, int]] = []
 
     # -- routing (during a batch) ----------------------------------------------------
 
@@ -369,12 +377,41 @@ class Parking:
                 else:
                     self.failed(index, self._destinations[index].writer.last_error)
                 continue
+            await self._drain(index)
+        await self._tables.flush()
+        emptied, self._emptied = self._emptied, []
+        for index, partition, before in emptied:
+            await self._trim(index, partition, before)
+
+    async def _drain(self, index: int) -> None:
+        """Slices of each draining lane in turn, for up to DRAIN_BUDGET_S: a lane
+        that gets more new records a batch than a slice holds still empties."""
+        deadline = self._clock() + DRAIN_BUDGET_S
+        while drainable := self._drainable(index):
+            progressed = False
             for partition in drainable:
                 taken, left = await self._slice(index, partition, DRAIN_PATIENCE_S)
                 if left:
                     self.failed(index, self._destinations[index].writer.last_error)
-                    break
-        await self._tables.flush()
+                    return
+                progressed |= taken > 0
+            if not progressed or self._clock() >= deadline:
+                return
+
+    async def _trim(self, index: int, partition: int, before: int) -> None:
+        """Deletes a drained lane's records from Kafka (its disk, and the personal
+        data in them); once the table says they were sent, so a failure here
+        costs nothing but the space."""
+        try:
+            await self._log.trim(self._topics[index], partition, before)
+        except Exception as exc:
+            log.warning(
+                "parked records of %s in partition %d not deleted (%s: %s); kept until the next",
+                self._destinations[index].name,
+                partition,
+                type(exc).__name__,
+                exc,
+            )
 
     def _recovered(self, index: int, parked_s: float) -> None:
         self._faults[index] = None
@@ -479,6 +516,7 @@ class Parking:
         self._tables.put_parking(destination.name, lane.stored(), partition)
         if not lane.backlog:
             lane.oldest = None
+            self._emptied.append((index, partition, lane.drained))
             log.info(
                 "destination %s: partition %d drained, direct again",
                 destination.name,

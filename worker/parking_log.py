@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from mode import Service
 
 from worker.kafka_client import kafka_client_kwargs
@@ -66,6 +67,7 @@ class KafkaParkingLog(Service):
         self._producer = producer
         self._kafka = kafka
         self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._lock = asyncio.Lock()
 
     async def _reader(self) -> AIOKafkaConsumer:
@@ -83,6 +85,20 @@ class KafkaParkingLog(Service):
     async def on_stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._admin is not None:
+            await self._admin.close()
+
+    async def trim(self, topic: str, partition: int, before: int) -> None:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self._kafka.bootstrap_servers,
+                **kafka_client_kwargs(self._kafka),
+            )
+            await admin.start()
+            self._admin = admin
+        await self._admin.delete_records(
+            {TopicPartition(topic, partition): RecordsToDelete(before_offset=before)}
+        )
 
     async def write(self, topic: str, partition: int, records: Sequence[Parked]) -> list[int]:
         futures = [

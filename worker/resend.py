@@ -168,10 +168,12 @@ async def _command(
         # Listed before described: a metadata request for a missing topic could
         # create it on a broker that creates topics on demand.
         existing = await admin.list_topics()
-        if topic not in existing or changelog not in existing:
+        missing = [t for t in (topic, changelog) if t not in existing]
+        if missing:
+            what = "control topic" if topic in missing else "topic"
             say(
-                f"error: control topic {topic!r} does not exist: start a worker of this "
-                "configuration first (it creates the topic)"
+                f"error: {what} {missing[0]!r} does not exist: start a worker of this "
+                "version and configuration first (it creates the topic)"
             )
             return EXIT_UNREACHABLE
         described = {e["topic"]: e for e in await admin.describe_topics([topic, changelog])}

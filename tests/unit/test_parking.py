@@ -20,7 +20,15 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from tests.unit.test_kinesis_writer import FakeTransport
 from worker.kinesis import KinesisWriter, Record, TransportError, WriterConfig
-from worker.parking import IDLE_POLL_S, SLICE, NotPlanned, Parking, ParkingLog, ParkingTables
+from worker.parking import (
+    DRAIN_BUDGET_S,
+    IDLE_POLL_S,
+    SLICE,
+    NotPlanned,
+    Parking,
+    ParkingLog,
+    ParkingTables,
+)
 from worker.pipeline import DeadLetterSink, Destination, Parked
 from worker.settings import DestinationSettings
 from worker.vocabulary import DeliveryState, ExportStatus
@@ -66,6 +74,8 @@ class FakeLog:
         # Raised once by the next write after Kafka stored its records (a timeout
         # whose write went through).
         self.lost_reply: Exception | None = None
+        self.trims: list[tuple[str, int, int]] = []
+        self.trim_error: Exception | None = None
 
     async def write(self, topic: str, partition: int, records: Sequence[Parked]) -> list[int]:
         if self.error is not None:
@@ -95,6 +105,11 @@ class FakeLog:
         if self.error is not None:
             raise self.error
         return list(self.lanes.get((topic, partition), [])[offset : offset + limit])
+
+    async def trim(self, topic: str, partition: int, before: int) -> None:
+        if self.trim_error is not None:
+            raise self.trim_error
+        self.trims.append((topic, partition, before))
 
     def seed(self, topic: str, partition: int, records: Iterable[Parked], at: float) -> None:
         lane = self.lanes.setdefault((topic, partition), [])
@@ -477,6 +492,8 @@ async def test_a_long_lane_drains_a_slice_at_a_time() -> None:
     await rig.parking.prepare()
     records = [(0, parked(f"k{n}", n)) for n in range(SLICE + 7)]
     await rig.parking.park(0, records)
+    # Each slice takes the whole budget: one slice per turn between batches.
+    rig.transports[0].on_call = lambda _batch: rig.clock.advance(DRAIN_BUDGET_S)
     await rig.parking.run()
     assert [len(call.records) for call in rig.transports[0].calls] == [SLICE]
     assert rig.tables.parking[ONE, 0]["drained"] == SLICE
@@ -810,3 +827,42 @@ async def test_holds_while_anything_of_the_destination_is_parked_or_would_be() -
     assert not rig.parking.holds(0)
     rig.parking.failed(0, "x")
     assert rig.parking.holds(0)
+
+
+# -- draining more than a slice, and trimming what was sent --------------------------------------
+
+
+async def test_a_lane_of_more_than_a_slice_empties_in_one_turn_within_the_budget() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    await rig.parking.park(0, [(0, parked(f"k{n % 7}", n)) for n in range(SLICE * 2 + 10)])
+    await rig.parking.run()
+    assert len(rig.accepted()) == SLICE * 2 + 10
+    assert rig.status(0).state is DeliveryState.DIRECT
+    assert rig.log.trims == [(TOPICS[0], 0, SLICE * 2 + 10)]
+    assert rig.tables.parking[ONE, 0]["drained"] == SLICE * 2 + 10
+
+
+async def test_draining_stops_for_the_next_batch_once_the_budget_is_spent() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    await rig.parking.park(0, [(0, parked(f"k{n % 7}", n)) for n in range(SLICE * 2 + 10)])
+    rig.transports[0].on_call = lambda _batch: rig.clock.advance(DRAIN_BUDGET_S)
+    await rig.parking.run()
+    assert len(rig.accepted()) == SLICE  # one slice, then the batches' turn
+    assert rig.log.trims == []
+    await rig.parking.run()
+    await rig.parking.run()
+    assert len(rig.accepted()) == SLICE * 2 + 10
+    assert rig.log.trims == [(TOPICS[0], 0, SLICE * 2 + 10)]
+
+
+async def test_a_trim_that_fails_costs_nothing_but_the_space() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    await rig.parking.park(0, [(0, parked("a", 0))])
+    rig.log.trim_error = OSError("broker gone")
+    await rig.parking.run()
+    assert rig.accepted() == [b"a#0"]
+    assert rig.status(0).state is DeliveryState.DIRECT
+    assert not rig.parking.parks(0, 0)
