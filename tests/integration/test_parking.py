@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.integration.harness import (
     SEG_A,
@@ -30,7 +31,14 @@ from tests.integration.harness import (
     unique,
     ups,
 )
-from tests.support import ProxyThread, Stack, StreamReader, WorkerProcess, qualification
+from tests.support import (
+    ProxyThread,
+    Stack,
+    StreamReader,
+    WorkerProcess,
+    qualification,
+    run_sync,
+)
 
 RATE = 100.0  # events/s: 50 profiles enter, 50 leave
 PROFILES = 5000
@@ -92,6 +100,24 @@ def violations(found: dict[str, list[str]]) -> list[str]:
         if collapsed != ["realized", "exited"]:
             wrong.append(f"{key}: {seen}")
     return wrong
+
+
+async def parking_offsets(stack: Stack, topic: str) -> str:
+    """ "empty" when every partition's first offset is its end (all records deleted),
+    else the offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        assert tps, f"no parking topic {topic}"
+        first = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        if all(first[tp] == ends[tp] for tp in tps):
+            return "empty"
+        return str({tp.partition: (first[tp], ends[tp]) for tp in tps})
+    finally:
+        await consumer.stop()
 
 
 def readyz(worker: WorkerProcess) -> tuple[int, dict[str, Any]]:
@@ -188,6 +214,11 @@ def test_a_refusing_destination_is_parked_and_the_other_goes_on(
         for worker in workers:
             assert worker.metric("kd_destination_state", destination="a", state="direct") == 1
             assert worker.metric("kd_parked_records", destination="a") == 0
+        # Sent, then deleted from the parking topic (its disk, the personal data).
+        deadline = time.monotonic() + 30
+        while (left := run_sync(parking_offsets(stack, f"{deployment.name}-parking-a"))) != "empty":
+            assert time.monotonic() < deadline, f"parked records left (first, end): {left}"
+            time.sleep(0.5)
         parked_total = sum(w.metric("kd_parked_total", destination="a") for w in workers)
         drained_total = sum(w.metric("kd_drained_total", destination="a") for w in workers)
 
