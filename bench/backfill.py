@@ -29,7 +29,6 @@ import base64
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,9 @@ from bench.throughput import (
     Topics,
     create_topics,
     delete_topics,
+    local_stack,
     machine,
+    new_run,
     percentile,
     produce_paced,
 )
@@ -176,12 +177,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--unpaced", action="store_true", help="no shard limits in the worker")
     args = parser.parse_args()
-    stack = Stack(
-        os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        os.environ.get("KINESIS_ENDPOINT", "http://127.0.0.1:4567"),
-    )
-    run = f"bench-bf-{uuid.uuid4().hex[:8]}"
-    topics = Topics(f"{run}-qualifications", f"{run}-profiles")
+    stack = local_stack()
+    run, topics = new_run("bench-bf")
     create_topics(stack.kafka_bootstrap, topics)
     paced = not args.unpaced
     try:

@@ -29,7 +29,6 @@ import asyncio
 import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,9 @@ from bench.throughput import (
     Topics,
     create_topics,
     delete_topics,
+    local_stack,
     machine,
+    new_run,
 )
 from tests.support import LOCAL_AUTH, Stack, WorkerProcess, produce, qualification
 
@@ -139,12 +140,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     args = parser.parse_args()
-    stack = Stack(
-        os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        os.environ.get("KINESIS_ENDPOINT", "http://127.0.0.1:4567"),
-    )
-    run = f"bench-park-{uuid.uuid4().hex[:8]}"
-    topics = Topics(f"{run}-qualifications", f"{run}-profiles")
+    stack = local_stack()
+    run, topics = new_run("bench-park")
     create_topics(stack.kafka_bootstrap, topics)
     try:
         backlog = [

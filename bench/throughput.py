@@ -122,6 +122,20 @@ class Topics:
         return [self.qualifications, self.profiles]
 
 
+def local_stack() -> Stack:
+    """The stack of `make stack-up` (or KAFKA_BOOTSTRAP / KINESIS_ENDPOINT)."""
+    return Stack(
+        os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        os.environ.get("KINESIS_ENDPOINT", "http://127.0.0.1:4567"),
+    )
+
+
+def new_run(prefix: str) -> tuple[str, Topics]:
+    """A run id of its own, and the input topic names derived from it."""
+    run = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return run, Topics(f"{run}-qualifications", f"{run}-profiles")
+
+
 def create_topics(bootstrap: str, topics: Topics) -> None:
     new = [NewTopic(name, PARTITIONS, 1) for name in topics.both]
     run_sync(admin_call(bootstrap, lambda admin: admin.create_topics(new)))
@@ -949,12 +963,8 @@ def main() -> None:
         parser.error(f"--skip: unknown {sorted(unknown)}; choose from {','.join(MEASUREMENTS)}")
     if args.events < 1 or not 1 <= args.profiles <= args.events:
         parser.error("need 1 <= --profiles <= --events")
-    stack = Stack(
-        os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        os.environ.get("KINESIS_ENDPOINT", "http://127.0.0.1:4567"),
-    )
-    run = f"bench-tp-{uuid.uuid4().hex[:8]}"
-    topics = Topics(f"{run}-qualifications", f"{run}-profiles")
+    stack = local_stack()
+    run, topics = new_run("bench-tp")
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         context = Context(stack, run, topics, args.events, args.profiles, Path(tmp))
         try:

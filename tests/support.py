@@ -412,3 +412,16 @@ def prometheus_tool(name: str) -> Path:
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.fail(f"{name} not found at {path}; {PROMETHEUS_HINT}", pytrace=False)
     return path
+
+
+class FakeClock:
+    """A clock for unit tests: returns ``now``; ``advance`` moves it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

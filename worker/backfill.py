@@ -40,7 +40,7 @@ from worker.activation import (
     plan,
     request,
 )
-from worker.batching import is_outage
+from worker.batching import log_failure
 from worker.budget import MemoryBudget
 from worker.deadletters import DeadLetter
 from worker.errors import RetryLater
@@ -402,17 +402,7 @@ class Backfiller:
         delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
         self._retry_at = self._clock() + delay
         self._generation = None  # planned again from the stored state
-        if is_outage(exc):
-            log.warning(
-                "backfill slice failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay
-            )
-        else:
-            log.error(
-                "backfill slice failed (%s); retry in %.1fs",
-                type(exc).__name__,
-                delay,
-                extra={"traceback": "".join(traceback.format_tb(exc.__traceback__))},
-            )
+        log_failure("backfill slice", exc, delay)
 
     async def _run(self) -> None:
         assignment = self._assignment()

@@ -98,6 +98,22 @@ def is_outage(exc: BaseException) -> bool:
     return False
 
 
+def log_failure(what: str, exc: BaseException, retry_s: float) -> None:
+    """A failure of work between batches (backfill, parking), retried later: an
+    outage is a warning; anything else an error, with its traceback (without
+    the exception's message, which may quote values)."""
+    if is_outage(exc):
+        log.warning("%s failed (%s: %s); retry in %.1fs", what, type(exc).__name__, exc, retry_s)
+    else:
+        log.error(
+            "%s failed (%s); retry in %.1fs",
+            what,
+            type(exc).__name__,
+            retry_s,
+            extra={"traceback": "".join(traceback.format_tb(exc.__traceback__))},
+        )
+
+
 class EventBatches:
     """Events from the stream, handed out in batches of at most ``max_events``.
 

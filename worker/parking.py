@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from typing import Any, Protocol
 
 from worker import metrics
 from worker.backfill import DRAIN_PATIENCE_S
-from worker.batching import is_outage
+from worker.batching import log_failure
 from worker.errors import RetryLater
 from worker.pipeline import DeadLetterSink, Destination, Parked, rejected_letter
 from worker.vocabulary import DeliveryState, ExportStatus
@@ -340,17 +339,7 @@ class Parking:
             delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
             self._retry_at = self._clock() + delay
             self._replan = True  # read again from the table and Kafka
-            if is_outage(exc):
-                log.warning(
-                    "parking failed (%s: %s); retry in %.1fs", type(exc).__name__, exc, delay
-                )
-            else:
-                log.error(
-                    "parking failed (%s); retry in %.1fs",
-                    type(exc).__name__,
-                    delay,
-                    extra={"traceback": "".join(traceback.format_tb(exc.__traceback__))},
-                )
+            log_failure("parking", exc, delay)
         self._report()
 
     async def _run(self) -> None:

@@ -98,52 +98,56 @@ async def _ensure_control_topic(
     admin: Any, settings: Settings, partitions: int, existing: Any
 ) -> None:
     """The control topic (worker.control), co-partitioned with the inputs."""
-    topic = settings.control_topic
     key = "kafka.control_topic" if settings.kafka.control_topic else "app_id"
-    if topic not in existing:
-        config = {"retention.ms": str(CONTROL_RETENTION_MS)}
-        await admin.create_topics(
-            [NewTopic(topic, partitions, settings.kafka.replication_factor, topic_configs=config)]
-        )
-        log.info("created control topic %s", topic)
-        return
-    (entry,) = await admin.describe_topics([topic])
-    if len(entry["partitions"]) != partitions:
-        raise ConfigError(
-            f"{key}: the control topic {topic!r} has {len(entry['partitions'])} partitions "
-            f"but the input topics have {partitions}; it must have as many (delete it and "
-            "the worker creates it again)"
-        )
+    config = {"retention.ms": str(CONTROL_RETENTION_MS)}
+    await _ensure_copartitioned(
+        admin, settings, settings.control_topic, "control topic", key, config, partitions, existing
+    )
 
 
 async def _ensure_parking_topics(
     admin: Any, settings: Settings, partitions: int, existing: Any
 ) -> None:
     """One parking topic per destination (worker.parking), co-partitioned with the
-    inputs; kept until deleted: a parked record is there until its stream took it."""
+    inputs; a parked record stays there until its stream took it."""
+    config = {
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
+        "max.message.bytes": str(PARKED_MESSAGE_BYTES),
+    }
     for destination in settings.destinations:
         topic = settings.parking_topic(destination.name)
-        if topic not in existing:
-            config = {
-                "retention.ms": "-1",
-                "retention.bytes": "-1",
-                "max.message.bytes": str(PARKED_MESSAGE_BYTES),
-            }
-            await admin.create_topics(
-                [
-                    NewTopic(
-                        topic, partitions, settings.kafka.replication_factor, topic_configs=config
-                    )
-                ]
-            )
-            log.info("created parking topic %s", topic)
-            continue
-        (entry,) = await admin.describe_topics([topic])
-        if len(entry["partitions"]) != partitions:
-            raise ConfigError(
-                f"destinations: the parking topic {topic!r} of {destination.name!r} has "
-                f"{len(entry['partitions'])} partitions but the input topics have {partitions}"
-            )
+        what = f"parking topic of {destination.name!r}"
+        await _ensure_copartitioned(
+            admin, settings, topic, what, "destinations", config, partitions, existing
+        )
+
+
+async def _ensure_copartitioned(
+    admin: Any,
+    settings: Settings,
+    topic: str,
+    what: str,
+    key: str,
+    config: dict[str, str],
+    partitions: int,
+    existing: Any,
+) -> None:
+    """Creates ``topic`` with the inputs' partition count, or checks it has it
+    (a ConfigError naming ``key`` otherwise)."""
+    if topic not in existing:
+        await admin.create_topics(
+            [NewTopic(topic, partitions, settings.kafka.replication_factor, topic_configs=config)]
+        )
+        log.info("created %s %s", what, topic)
+        return
+    (entry,) = await admin.describe_topics([topic])
+    if len(entry["partitions"]) != partitions:
+        raise ConfigError(
+            f"{key}: the {what} {topic!r} has {len(entry['partitions'])} partitions "
+            f"but the input topics have {partitions}; it must have as many (delete it and "
+            "the worker creates it again)"
+        )
 
 
 async def _ensure_changelogs(

@@ -81,15 +81,20 @@ def statuses(deployment: Deployment, stream: int) -> dict[str, list[str]]:
 
 
 def wait_complete(
-    deployment: Deployment, stream: int, profiles: Sequence[str], timeout: float
+    deployment: Deployment,
+    stream: int,
+    profiles: Sequence[str],
+    timeout: float,
+    last: str = "exited",
 ) -> dict[str, list[str]]:
+    """Waits until each profile's records in the stream end with ``last``."""
     deadline = time.monotonic() + timeout
     while True:
         found = statuses(deployment, stream)
-        done = sum(1 for s in found.values() if s and s[-1] == "exited")
+        done = sum(1 for s in found.values() if s and s[-1] == last)
         if done == len(profiles) or time.monotonic() > deadline:
             return found
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 def violations(found: dict[str, list[str]]) -> list[str]:
@@ -277,20 +282,9 @@ def test_pause_and_resume_through_the_control_topic(stack: Stack, tmp_path: Path
 
         result, _ = cli("resume", "--config", str(config), "--destination", "a", "--timeout", "60")
         assert result.returncode == 0, result.stdout + result.stderr
-        found = wait_complete_entries(deployment, 0, [*profiles, "p-late"], 60)
+        found = wait_complete(deployment, 0, [*profiles, "p-late"], 60, last="realized")
         assert all(s == ["realized"] for s in found.values()), found
         assert again.metric("kd_destination_state", destination="a", state="direct") == 1
 
         refused, _ = cli("pause", "--config", str(config), "--destination", "nope")
         assert refused.returncode == 2, refused.stdout + refused.stderr
-
-
-def wait_complete_entries(
-    deployment: Deployment, stream: int, profiles: Sequence[str], timeout: float
-) -> dict[str, list[str]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = statuses(deployment, stream)
-        if len(found) == len(profiles) or time.monotonic() > deadline:
-            return found
-        time.sleep(0.5)

@@ -17,7 +17,7 @@ import orjson
 import pydantic
 import pytest
 
-from tests.support import qualification
+from tests.support import FakeClock, qualification
 from tests.unit.test_pipeline import (
     ANA,
     B_TIMESTAMPS,
@@ -247,15 +247,9 @@ class ShardedTransport(FakeTransport):
         ]
 
 
-class Clock:
+class Clock(FakeClock):
     def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(now)
 
 
 def _typed(

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+from tests.support import FakeClock
 from tests.unit.test_kinesis_writer import FakeTransport
 from worker.kinesis import KinesisWriter, Record, TransportError, WriterConfig
 from worker.parking import (
@@ -48,15 +49,9 @@ FAST = WriterConfig(backoff_base_s=0.0, backoff_max_s=0.0, fatal_retry_s=0.0)
 # -- fakes ----------------------------------------------------------------------------------
 
 
-class Clock:
+class Clock(FakeClock):
     def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(now)
 
 
 class FakeLog:
