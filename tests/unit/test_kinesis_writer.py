@@ -509,9 +509,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     return Scenario(keys, failures, call_errors, draw(st.integers(1, 4)))
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
-def test_every_record_is_accepted_in_key_order(scenario: Scenario) -> None:
+def scenario_records(scenario: Scenario) -> tuple[list[Record], FakeTransport]:
+    """The scenario's records (each key numbered from 1) on a transport failing them."""
     counters: dict[str, int] = {}
     records = []
     for key in scenario.keys:
@@ -521,6 +520,13 @@ def test_every_record_is_accepted_in_key_order(scenario: Scenario) -> None:
         record_errors={r.data: f for r, f in zip(records, scenario.failures, strict=True)},
         call_errors=scenario.call_errors,
     )
+    return records, fake
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_every_record_is_accepted_in_key_order(scenario: Scenario) -> None:
+    records, fake = scenario_records(scenario)
     config = WriterConfig(
         max_batch_records=scenario.max_batch_records,
         backoff_base_s=0.0,
@@ -716,15 +722,7 @@ async def test_last_error_names_the_code_of_a_failed_call() -> None:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_with_patience_each_key_is_accepted_then_deferred_in_order(scenario: Scenario) -> None:
-    counters: dict[str, int] = {}
-    records = []
-    for key in scenario.keys:
-        counters[key] = counters.get(key, 0) + 1
-        records.append(record(key, counters[key]))
-    fake = FakeTransport(
-        record_errors={r.data: f for r, f in zip(records, scenario.failures, strict=True)},
-        call_errors=scenario.call_errors,
-    )
+    records, fake = scenario_records(scenario)
     config = WriterConfig(
         max_batch_records=scenario.max_batch_records, backoff_base_s=0.0, backoff_max_s=0.0
     )
