@@ -518,13 +518,17 @@ def test_sigterm_during_an_outage_stops_within_the_deadline(
 def test_a_worker_that_completes_no_batch_fails_its_health_check(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Kinesis refuses every put: past runtime.stall_timeout_s, /healthz answers 503
-    and kd_batch_stalled_seconds says for how long; once the stream accepts, the
+    """Kinesis refuses every put and the destinations are set never to park in
+    time (park_after_s over the stall timeout: the batch waits, as it did before
+    parking): past runtime.stall_timeout_s, /healthz answers 503 and
+    kd_batch_stalled_seconds says for how long; once the stream accepts, the
     worker recovers by itself and delivers everything."""
     with (
         Deployment(stack, unique("it-stall"), tmp_path, partitions=2) as deployment,
         ProxyThread(stack.kinesis_endpoint) as proxy,
     ):
+        for destination in deployment.destinations:
+            destination["park_after_s"] = 600
         worker = deployment.worker(endpoint_url=proxy.url, stall_timeout_s=10)
         worker.start()
         assert worker.get("/healthz")[0] == 200

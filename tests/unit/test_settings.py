@@ -263,6 +263,18 @@ def test_several_destinations_map_their_segments(tmp_path: Path) -> None:
             id="repeated-segment",
         ),
         pytest.param(
+            {"destinations": [minimal_destination(park_after_s=-1)]},
+            "destinations.0.park_after_s",
+            "greater than or equal to 0",
+            id="parking-negative",
+        ),
+        pytest.param(
+            {"destinations": [minimal_destination(park_probe_s=0)]},
+            "destinations.0.park_probe_s",
+            "greater than 0",
+            id="probe-zero",
+        ),
+        pytest.param(
             {"destinations": [minimal_destination(attributes=["person..name"])]},
             "destinations.0.attributes",
             "XDM path",
