@@ -82,6 +82,12 @@ class KafkaParkingLog(Service):
             self._consumer = consumer
         return self._consumer
 
+    async def on_start(self) -> None:
+        # Connected before the first assignment is planned (worker.parking), not
+        # in the middle of it.
+        async with self._lock:
+            await self._reader()
+
     async def on_stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
