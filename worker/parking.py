@@ -158,7 +158,11 @@ class Parking:
         self._planned: int | None = None  # the rebalance count the lanes were read at
         self._replan = False
         self._lanes: list[dict[int, _Lane]] = [{} for _ in self._destinations]
+        # Lanes a batch needed before they were read (Parking._lane), never drained.
+        self._interim: dict[tuple[int, int], _Lane] = {}
         self._faults: list[_Fault | None] = [None for _ in self._destinations]
+        # A destination whose parking log failed is left alone until then.
+        self._held_until = [0.0 for _ in self._destinations]
         self._retry_at = 0.0
         self._failures = 0
         self._reported_at = 0.0
@@ -169,15 +173,30 @@ class Parking:
     # -- routing (during a batch) ----------------------------------------------------
 
     def _lane(self, index: int, partition: int) -> _Lane:
-        """The lane of an event's partition. A batch taken before a rebalance
-        began uses the lanes read for its assignment: Faust waits for that batch
-        before it hands the partitions over (stream_wait_empty), so they are
-        still this worker's; waiting for the new assignment's lanes instead
-        would hold the rebalance forever. Each batch after it is prepared with
-        the new lanes."""
-        lane = self._lanes[index].get(partition) if self._planned is not None else None
+        """The lane of an event's partition, for a batch.
+
+        Lanes read for the current assignment, or, while a rebalance is under
+        way, for the one before: Faust waits for the batch in flight before it
+        hands its partitions over, so they are still this worker's. Routing
+        never waits for lanes to be read (a batch waiting for the next
+        assignment would hold the rebalance forever): a lane not read is
+        provisional, with its cursor and pause from the table, and counts as
+        holding records until the log's end is read, so its records are parked
+        behind whatever the log holds.
+        """
+        current = self._planned is not None and (
+            self._planned == self._generation() or self._assignment() is None
+        )
+        lane = self._lanes[index].get(partition) if current else None
         if lane is None:
-            raise NotPlanned(f"parking lanes of partition {partition} not read yet")
+            lane = self._interim.get((index, partition))
+        if lane is None:
+            stored = self._tables.get_parking(self._destinations[index].name, partition) or {}
+            drained = int(stored.get("drained", 0))
+            paused = bool(stored.get("paused", False))
+            lane = _Lane(drained, drained + 1, paused, self._clock())
+            self._interim[index, partition] = lane
+            self._replan = True
         return lane
 
     def parks(self, index: int, partition: int) -> bool:
@@ -214,27 +233,32 @@ class Parking:
     async def park(self, index: int, records: Sequence[tuple[int, Parked]]) -> None:
         """Writes (input partition, record) pairs to the destination's lanes, in order."""
         by_partition: dict[int, list[Parked]] = {}
+        lanes: dict[int, _Lane] = {}
         for partition, parked in records:
-            self._lane(index, partition)  # planned, owned
+            if partition not in lanes:
+                lanes[partition] = self._lane(index, partition)
             by_partition.setdefault(partition, []).append(parked)
         topic = self._topics[index]
         now = self._clock()
-        try:
-            written = await asyncio.gather(
-                *(self._log.write(topic, p, chunk) for p, chunk in by_partition.items())
-            )
-        except Exception:
+        # Every write settles before anything is raised: none may land after the
+        # log's end is read again for the retry.
+        written = await asyncio.gather(
+            *(self._log.write(topic, p, chunk) for p, chunk in by_partition.items()),
+            return_exceptions=True,
+        )
+        failure = next((w for w in written if isinstance(w, BaseException)), None)
+        if failure is not None:
             # Kafka may hold some of them all the same (a reply lost): until the
             # log's end is read again, each lane counts as holding records, so
             # that nothing of it goes direct before they are sent.
-            for partition in by_partition:
-                lane = self._lanes[index][partition]
+            for lane in lanes.values():
                 lane.end = max(lane.end, lane.drained + len(lane.sent) + 1)
                 lane.oldest = lane.oldest or now
             self._replan = True
-            raise
+            raise failure
         for (partition, chunk), offsets in zip(by_partition.items(), written, strict=True):
-            lane = self._lanes[index][partition]
+            assert isinstance(offsets, list)
+            lane = lanes[partition]
             if lane.backlog == 0:
                 lane.oldest = now
             lane.end = max(lane.end, offsets[-1] + 1)
@@ -292,7 +316,15 @@ class Parking:
     # -- between batches (worker.batching.Background) --------------------------------
 
     def due_in(self) -> float:
-        """Seconds until a probe or a drain slice is due (0: now). Never raises."""
+        """Seconds until a probe or a drain slice is due (0: now). Never raises:
+        live batches must not stop on a parking bug."""
+        try:
+            return self._due_in()
+        except Exception as exc:
+            log_failure("parking (when due)", exc, IDLE_POLL_S)
+            return IDLE_POLL_S
+
+    def _due_in(self) -> float:
         now = self._clock()
         if now - self._reported_at >= REPORT_EVERY_S:
             self._report()  # the oldest parked record's age grows while nothing happens
@@ -325,15 +357,13 @@ class Parking:
 
     async def run(self) -> None:
         """Reads a new assignment's lanes; probes the parked destinations that are
-        due, drains a slice of each draining one. Failures are retried later."""
+        due, drains the draining ones. Failures are retried later; nothing is
+        raised into the batch loop."""
         try:
             await self._run()
-            self._failures = 0
+            self._failures = 0 if not self._replan else self._failures
         except NotPlanned:
-            # A rebalance began: read again once it is over (the lanes held
-            # still route the batch in flight).
-            self._replan = True
-            await self._tables.flush()  # what was stored while the lanes were ours
+            self._replan = True  # a rebalance began: read again once it is over
         except Exception as exc:
             self._failures += 1
             delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
@@ -348,29 +378,43 @@ class Parking:
             return
         if self._stale(assignment[0]):
             await self._plan(*assignment)
-            if self._stale(assignment[0]):
+            if self._planned != assignment[0]:
                 return  # a rebalance began meanwhile: these lanes may be another's
-        now = self._clock()
-        for index, fault in enumerate(self._faults):
-            drainable = self._drainable(index)
-            if fault is not None:
-                if now < fault.probe_at:
-                    continue
-                if not drainable:
-                    self._faults[index] = None  # nothing parked here to try it with
-                    continue
-                # One attempt with the oldest records: the probe is a real write.
-                taken, _ = await self._slice(index, drainable[0], patience_s=0.0)
-                if taken:
-                    self._recovered(index, now - fault.since)
-                else:
-                    self.failed(index, self._destinations[index].writer.last_error)
+        for index in range(len(self._destinations)):
+            if self._clock() < self._held_until[index]:
                 continue
-            await self._drain(index)
+            try:
+                await self._probe_or_drain(index)
+            except NotPlanned:
+                raise
+            except Exception as exc:
+                # This destination's parking log, not the others'.
+                delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures + 1, 6))
+                self._held_until[index] = self._clock() + delay
+                log_failure(f"parking of {self._destinations[index].name}", exc, delay)
         await self._tables.flush()
         emptied, self._emptied = self._emptied, []
         for index, partition, before in emptied:
             await self._trim(index, partition, before)
+
+    async def _probe_or_drain(self, index: int) -> None:
+        fault = self._faults[index]
+        drainable = self._drainable(index)
+        if fault is None:
+            await self._drain(index)
+            return
+        now = self._clock()
+        if now < fault.probe_at:
+            return
+        if not drainable:
+            self._faults[index] = None  # nothing parked here to try it with
+            return
+        # One attempt with the oldest records: the probe is a real write.
+        taken, _ = await self._slice(index, drainable[0], patience_s=0.0)
+        if taken:
+            self._recovered(index, now - fault.since)
+        else:
+            self.failed(index, self._destinations[index].writer.last_error)
 
     async def _drain(self, index: int) -> None:
         """Slices of each draining lane in turn, for up to DRAIN_BUDGET_S: a lane
@@ -384,7 +428,9 @@ class Parking:
                     self.failed(index, self._destinations[index].writer.last_error)
                     return
                 progressed |= taken > 0
-            if not progressed or self._clock() >= deadline:
+                if self._clock() >= deadline:
+                    return
+            if not progressed:
                 return
 
     async def _trim(self, index: int, partition: int, before: int) -> None:
@@ -418,36 +464,57 @@ class Parking:
         return self._replan or generation != self._planned
 
     async def _plan(self, generation: int, partitions: frozenset[int]) -> None:
+        """Reads each destination's lanes: cursor and pause from the table, end
+        from the log. A destination whose log cannot be read keeps no lanes (its
+        records are parked in interim lanes, see ``_lane``) and is read again
+        after a backoff; the others are planned."""
         lanes: list[dict[int, _Lane]] = []
+        unread: list[tuple[str, Exception]] = []
         for index, destination in enumerate(self._destinations):
-            ends = await self._log.end_offsets(self._topics[index], partitions)
-            mine: dict[int, _Lane] = {}
-            for partition in sorted(partitions):
-                stored = self._tables.get_parking(destination.name, partition) or {}
-                end = ends.get(partition, 0)
-                # A parking topic created again starts at 0: what the table says
-                # past its end was sent from the old one.
-                drained = min(int(stored.get("drained", 0)), end)
-                lane = _Lane(drained, end, bool(stored.get("paused", False)))
-                if lane.backlog:
-                    first = await self._log.read(self._topics[index], partition, drained, 1)
-                    lane.oldest = first[0].timestamp if first else self._clock()
-                mine[partition] = lane
+            try:
+                mine = await self._read_lanes(index, partitions)
+            except Exception as failure:
+                unread.append((destination.name, failure))
+                mine = {}
             lanes.append(mine)
-            parked = sum(lane.backlog for lane in mine.values())
-            if parked:
-                log.info(
-                    "destination %s: %d parked record(s) in %d owned partition(s) to send",
-                    destination.name,
-                    parked,
-                    sum(1 for lane in mine.values() if lane.backlog),
-                    extra={"destination": destination.name},
-                )
         if generation != self._generation():
             return  # a rebalance began while reading: read again
         self._lanes = lanes
+        self._interim.clear()
         self._planned = generation
-        self._replan = False
+        self._replan = bool(unread)
+        if unread:
+            self._failures += 1
+            delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
+            self._retry_at = self._clock() + delay
+            for name, failure in unread:
+                log_failure(f"reading the parking lanes of {name}", failure, delay)
+
+    async def _read_lanes(self, index: int, partitions: frozenset[int]) -> dict[int, _Lane]:
+        destination = self._destinations[index]
+        ends = await self._log.end_offsets(self._topics[index], partitions)
+        mine: dict[int, _Lane] = {}
+        for partition in sorted(partitions):
+            stored = self._tables.get_parking(destination.name, partition) or {}
+            end = ends.get(partition, 0)
+            # A parking topic created again starts at 0: what the table says
+            # past its end was sent from the old one.
+            drained = min(int(stored.get("drained", 0)), end)
+            lane = _Lane(drained, end, bool(stored.get("paused", False)))
+            if lane.backlog:
+                first = await self._log.read(self._topics[index], partition, drained, 1)
+                lane.oldest = first[0].timestamp if first else self._clock()
+            mine[partition] = lane
+        parked = sum(lane.backlog for lane in mine.values())
+        if parked:
+            log.info(
+                "destination %s: %d parked record(s) in %d owned partition(s) to send",
+                destination.name,
+                parked,
+                sum(1 for lane in mine.values() if lane.backlog),
+                extra={"destination": destination.name},
+            )
+        return mine
 
     def _owned(self, partition: int) -> bool:
         assignment = self._assignment()
