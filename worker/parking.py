@@ -487,8 +487,8 @@ class Parking:
             self._failures += 1
             delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
             self._retry_at = self._clock() + delay
-            for name, failure in unread:
-                log_failure(f"reading the parking lanes of {name}", failure, delay)
+            for name, problem in unread:
+                log_failure(f"reading the parking lanes of {name}", problem, delay)
 
     async def _read_lanes(self, index: int, partitions: frozenset[int]) -> dict[int, _Lane]:
         destination = self._destinations[index]
