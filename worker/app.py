@@ -120,8 +120,8 @@ def app_options(settings: Settings, partitions: int) -> dict[str, Any]:
         # Changelog writes go a batch per partition (worker.faust.tables): up
         # to this many bytes in one record batch.
         "producer_max_batch_size": 256 * 1024,
-        # A parked record (worker.parking) may be a whole Kinesis record, 1 MiB
-        # and its headers: over Faust's default of 1,000,000 bytes.
+        # A parked record (worker.parking) may be a whole Kinesis record and its
+        # headers: over Faust's default of 1,000,000 bytes.
         "producer_max_request_size": PARKED_MESSAGE_BYTES,
         "table_cleanup_interval": 60.0,
         "table_standby_replicas": runtime.standby_replicas,
@@ -190,7 +190,12 @@ def create_app(settings: Settings, layout: TopicLayout) -> tuple[faust.App, list
     memory = MemoryBudget(runtime.max_buffer_bytes)
     tables = FaustTables(profiles, memberships, app.producer, activations_table, parking_table)
     dead_letters = DeadLetterTopic(app, kafka.dlq_topic)
-    activations = Activations(destinations, tables, lambda: rebalance_count(app))
+    activations = Activations(
+        destinations,
+        tables,
+        lambda: rebalance_count(app),
+        rebalancing=lambda: owned_partitions(app, kafka.qualifications_topic) is None,
+    )
     parking_log = KafkaParkingLog(app.producer, kafka)
     parking = Parking(
         destinations,

@@ -136,10 +136,14 @@ class Activations:
         tables: ActivationTables,
         generation: Callable[[], int],
         clock: Callable[[], float] = time.time,
+        rebalancing: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``rebalancing``: whether a rebalance (or the recovery after it) is
+        under way, when the batch in flight was taken under the plan held."""
         self._destinations = list(destinations)
         self._tables = tables
         self._generation = generation
+        self._rebalancing = rebalancing
         self._clock = clock
         self._held: dict[tuple[int, int], Activation] = {}
         self._planned: int | None = None
@@ -154,11 +158,11 @@ class Activations:
         return self._planned is not None and self._generation() == self._planned
 
     def get(self, destination: int, partition: int, *, batch: bool = False) -> Activation:
-        """The activation as planned. Between batches, only for the current
-        assignment. For a batch (``batch``), the one it was taken under: Faust
-        waits for that batch before it hands the partitions over, so waiting
-        for the new assignment instead would hold the rebalance forever."""
-        usable = self._planned is not None and (batch or self.current())
+        """The activation as planned, for the current assignment. For a batch
+        (``batch``) while a rebalance is under way, the one it was taken under:
+        Faust waits for that batch before it hands the partitions over, so
+        waiting for the new assignment instead would hold the rebalance forever."""
+        usable = self._planned is not None and (self.current() or (batch and self._rebalancing()))
         if not usable or partition not in self._partitions:
             raise NotPlanned(f"partition {partition} is not planned for this assignment")
         key = (destination, partition)

@@ -47,12 +47,19 @@ def from_kafka(
     timestamp_ms: int,
     found: Sequence[tuple[str, bytes]],
 ) -> Parked:
-    """A parked record as read back (``headers`` and the producer's fields)."""
+    """A parked record as read back (``headers`` and the producer's fields). A
+    record some other writer put there, without our headers, is sent as it is
+    (counted ``updated``), not left to stop its lane."""
     named = dict(found)
+    try:
+        status = ExportStatus(named["kd-status"].decode())
+        source = orjson.loads(named["kd-source"])
+    except (KeyError, ValueError, UnicodeDecodeError):
+        status, source = ExportStatus.UPDATED, {"topic": None, "partition": None, "offset": None}
     return Parked(
-        Record(value or b"", (key or b"").decode()),
-        ExportStatus(named["kd-status"].decode()),
-        orjson.loads(named["kd-source"]),
+        Record(value or b"", (key or b"").decode(errors="replace")),
+        status,
+        source,
         named.get("kd-key"),
         offset,
         timestamp_ms / 1000,
@@ -107,13 +114,25 @@ class KafkaParkingLog(Service):
         )
 
     async def write(self, topic: str, partition: int, records: Sequence[Parked]) -> list[int]:
-        futures = [
-            await self._producer.send(
-                topic, p.record.partition_key.encode(), p.record.data, partition, None, headers(p)
-            )
-            for p in records
-        ]
-        return [metadata.offset for metadata in await asyncio.gather(*futures)]
+        """Returns once every record is written, or once every send settled
+        when one failed (none lands after the failure is raised)."""
+        futures = []
+        failure: BaseException | None = None
+        try:
+            for p in records:
+                key = p.record.partition_key.encode()
+                futures.append(
+                    await self._producer.send(
+                        topic, key, p.record.data, partition, None, headers(p)
+                    )
+                )
+        except Exception as exc:
+            failure = exc
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failure = failure or next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure
+        return [metadata.offset for metadata in results if not isinstance(metadata, BaseException)]
 
     async def end_offsets(self, topic: str, partitions: Collection[int]) -> dict[int, int]:
         async with self._lock:

@@ -28,9 +28,10 @@ TABLES = ("profiles", "memberships", "activations", "parking")
 CONTROL_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
-# A parked record is a Kinesis record (up to 1 MiB of data and key) and its
-# headers: over Kafka's default message limit (1,000,012 bytes).
-PARKED_MESSAGE_BYTES = 2 * 1024 * 1024
+# A parked record is a Kinesis record (up to 10 MiB of data and key, a
+# stream's MaxRecordSizeInKiB at most) and its headers: over Kafka's default
+# message limit (1,000,012 bytes).
+PARKED_MESSAGE_BYTES = 11 * 1024 * 1024
 
 
 @dataclass(frozen=True)

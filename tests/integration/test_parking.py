@@ -221,7 +221,7 @@ def test_a_refusing_destination_is_parked_and_the_other_goes_on(
             assert worker.metric("kd_parked_records", destination="a") == 0
         # Sent, then deleted from the parking topic (its disk, the personal data).
         deadline = time.monotonic() + 30
-        while (left := run_sync(parking_offsets(stack, f"{deployment.name}-parking-a"))) != "empty":
+        while (left := run_sync(parking_offsets(stack, f"{deployment.name}-parked-a"))) != "empty":
             assert time.monotonic() < deadline, f"parked records left (first, end): {left}"
             time.sleep(0.5)
         parked_total = sum(w.metric("kd_parked_total", destination="a") for w in workers)

@@ -293,7 +293,11 @@ class Rig:
         self.partitions = frozenset(partitions)
         self.rebalancing = False
         self.activations = Activations(
-            self.destinations, self.tables, lambda: self.generation, clock=self.clock
+            self.destinations,
+            self.tables,
+            lambda: self.generation,
+            clock=self.clock,
+            rebalancing=lambda: self.rebalancing,
         )
         tables_, letters, requests = _typed(self.tables, self.dead_letters, self.activations)
         self.backfiller = Backfiller(
@@ -1052,10 +1056,29 @@ async def test_a_command_taken_before_a_rebalance_began_is_not_held_by_it() -> N
     rig = Rig(settings, tables)
     await rig.backfiller.run()
     rig.generation += 1  # a rebalance began
+    rig.rebalancing = True
     command = encode_resend("resend-r", ONE, None)
     await rig.batch((settings.control_topic, b"resend-r", command, 0))
     assert [job.id for job in tables.stored(ONE, 0).jobs] == ["resend-r"]
     assert rig.dead_letters.sent == []
+
+
+async def test_a_stale_plan_is_not_used_once_the_rebalance_is_over() -> None:
+    """Partition 0 went to another worker and came back while this one backed
+    off: what it holds of partition 0 is stale (the other owner may have taken
+    a request since), so a command waits for the plan to be read again."""
+    tables = Tables()
+    members(tables, 2, SEG_A)
+    settings = config((SEG_A,))
+    rig = Rig(settings, tables)
+    await rig.backfiller.run()
+    rig.generation += 2  # away and back; the rebalance is over
+    command = encode_resend("resend-r", ONE, None)
+    with pytest.raises(RetryLater):
+        await rig.batch((settings.control_topic, b"resend-r", command, 0))
+    await rig.backfiller.prepare()
+    await rig.batch((settings.control_topic, b"resend-r", command, 0))
+    assert [job.id for job in tables.stored(ONE, 0).jobs] == ["resend-r"]
 
 
 # -- dead letters -----------------------------------------------------------------------------

@@ -398,14 +398,17 @@ class Settings(Strict):
 
     def parking_topic(self, destination: str) -> str:
         """Where a destination's records wait while its stream refuses them
-        (worker.parking): ``<app_id>-parking-<destination>``. A name with
-        characters a topic name cannot hold gets them as ``_`` and a hash of
-        the name, so that two names never share a topic."""
+        (worker.parking): ``<app_id>-parked-<destination>``, a prefix no other
+        topic of the worker has (its tables' changelogs end in ``-changelog``).
+        A name with characters a topic name cannot hold, or too long for one,
+        gets them as ``_`` (cut) and a hash of the name, so that two names
+        never share a topic."""
         safe = re.sub(r"[^a-zA-Z0-9._-]", "_", destination)
-        if safe != destination:
+        topic = f"{self.app_id}-parked-{safe}"
+        if safe != destination or len(topic) > 249:
             digest = hashlib.sha256(destination.encode()).hexdigest()[:8]
-            safe = f"{safe[:180]}-{digest}"
-        return f"{self.app_id}-parking-{safe}"[:249]
+            topic = f"{topic[:240]}-{digest}"
+        return topic
 
     @model_validator(mode="after")
     def _control_topic_is_its_own(self) -> Self:
