@@ -7,7 +7,7 @@ none of a batch's records for ``park_after_s`` (at once for errors that no
 retry soon heals, ``TransportError.fatal``), the records it did not take are
 written to the destination's parking topic in Kafka, and the batch goes on.
 
-- **Lanes.** The parking topic ``<app_id>-parking-<destination>`` has the
+- **Lanes.** The parking topic ``<app_id>-parked-<destination>`` has the
   input topics' partition count. A record is parked in the partition of the
   input event it came from: the worker that owns input partition ``p`` parks
   and drains partition ``p`` of every parking topic, so the lanes move with

@@ -1077,3 +1077,16 @@ def test_backfill_share_is_a_share(tmp_path: Path, share: Any) -> None:
 def test_backfill_takes_half_the_write_limit_by_default(tmp_path: Path) -> None:
     (destination,) = load_settings(config_file(tmp_path), environ={}).destinations
     assert destination.backfill_share == 0.5
+
+
+def test_parking_topics_are_named_after_the_destination_and_never_shared() -> None:
+    settings = Settings.model_validate({"destinations": [minimal_destination()]})
+    assert settings.parking_topic("churn-risk") == "kinesis-destination-parked-churn-risk"
+    spaced = settings.parking_topic("Churn risk")
+    assert spaced.startswith("kinesis-destination-parked-Churn_risk-")
+    assert spaced != settings.parking_topic("Churn_risk")  # the hash tells them apart
+    # No destination name can give a topic the worker uses for something else.
+    assert settings.parking_topic("changelog") != "kinesis-destination-parking-changelog"
+    long_a, long_b = "a" * 300, "a" * 299 + "b"
+    assert len(settings.parking_topic(long_a)) <= 249
+    assert settings.parking_topic(long_a) != settings.parking_topic(long_b)
