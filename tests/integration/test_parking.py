@@ -113,6 +113,7 @@ async def parking_offsets(stack: Stack, topic: str) -> str:
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
     await consumer.start()
     try:
+        await consumer.topics()  # metadata of every topic, ours included
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in partitions]
         assert tps, f"no parking topic {topic}"

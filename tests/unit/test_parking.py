@@ -9,6 +9,7 @@ the assignment are injected.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -25,7 +26,6 @@ from worker.parking import (
     DRAIN_BUDGET_S,
     IDLE_POLL_S,
     SLICE,
-    NotPlanned,
     Parking,
     ParkingLog,
     ParkingTables,
@@ -56,7 +56,12 @@ class Clock(FakeClock):
 
 class FakeLog:
     """The parking topics: a list of records per (topic, partition), offsets from 0,
-    each stamped with the clock when written (Kafka's timestamp)."""
+    each stamped with the clock when written (Kafka's timestamp).
+
+    ``error``: every call fails; ``unreadable[topic]``: that topic's end offsets
+    and reads fail; ``write_errors[(topic, partition)]``: writes there fail
+    (nothing stored); ``write_gates[(topic, partition)]``: writes there wait for
+    the event before storing."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
@@ -71,10 +76,19 @@ class FakeLog:
         self.lost_reply: Exception | None = None
         self.trims: list[tuple[str, int, int]] = []
         self.trim_error: Exception | None = None
+        self.unreadable: dict[str, Exception] = {}
+        self.write_errors: dict[tuple[str, int], Exception] = {}
+        self.write_gates: dict[tuple[str, int], asyncio.Event] = {}
 
     async def write(self, topic: str, partition: int, records: Sequence[Parked]) -> list[int]:
         if self.error is not None:
             raise self.error
+        gate = self.write_gates.get((topic, partition))
+        if gate is not None:
+            await gate.wait()
+        failure = self.write_errors.get((topic, partition))
+        if failure is not None:
+            raise failure
         lane = self.lanes.setdefault((topic, partition), [])
         offsets = []
         for parked in records:
@@ -93,12 +107,16 @@ class FakeLog:
             self.on_end_offsets()
         if self.error is not None:
             raise self.error
+        if topic in self.unreadable:
+            raise self.unreadable[topic]
         return {p: len(self.lanes.get((topic, p), [])) for p in partitions}
 
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Parked]:
         self.reads.append((topic, partition, offset, limit))
         if self.error is not None:
             raise self.error
+        if topic in self.unreadable:
+            raise self.unreadable[topic]
         return list(self.lanes.get((topic, partition), [])[offset : offset + limit])
 
     async def trim(self, topic: str, partition: int, before: int) -> None:
@@ -168,7 +186,8 @@ def destination_settings(name: str, stream: str, **extra: Any) -> DestinationSet
 
 class Rig:
     """One worker's parking: two destinations, the log, the table, the clock, the
-    assignment (``generation``, ``partitions``; None while ``rebalancing``)."""
+    assignment (``generation``, ``partitions``; None while ``rebalancing``;
+    raising ``assignment_error`` when set)."""
 
     def __init__(self, partitions: Iterable[int] = (0, 1)) -> None:
         self.clock = Clock()
@@ -190,6 +209,7 @@ class Rig:
         self.generation = 1
         self.partitions = frozenset(partitions)
         self.rebalancing = False
+        self.assignment_error: Exception | None = None
         log, tables, letters = _typed(self.log, self.tables, self.letters)
         self.parking = Parking(
             self.destinations,
@@ -203,6 +223,8 @@ class Rig:
         )
 
     def assignment(self) -> tuple[int, frozenset[int]] | None:
+        if self.assignment_error is not None:
+            raise self.assignment_error
         return None if self.rebalancing else (self.generation, self.partitions)
 
     def rebalance(self, partitions: Iterable[int]) -> None:
@@ -240,16 +262,16 @@ def parked(
 # -- planning -------------------------------------------------------------------------------
 
 
-async def test_lanes_are_not_planned_before_prepare() -> None:
+async def test_before_prepare_every_lane_is_interim_and_parks() -> None:
+    """Routing never waits for the lanes: before they are read, a lane counts as
+    holding records (its records are parked behind whatever the log holds) and
+    nothing is read or written until the plan."""
     rig = Rig()
-    with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 0)
-    with pytest.raises(NotPlanned):
-        rig.parking.pause(0, 0, True)
-    with pytest.raises(NotPlanned):
-        await rig.parking.park(0, [(0, parked("a", 0))])
+    assert [rig.parking.parks(i, p) for i in (0, 1) for p in (0, 1)] == [True] * 4
     assert rig.parking.holds(0)
     assert rig.parking.holds(1)
+    assert rig.log.end_offset_calls == []
+    assert rig.log.reads == []
     assert rig.parking.due_in() == 0.0  # an assignment to read
     await rig.parking.prepare()
     assert [rig.parking.parks(i, p) for i in (0, 1) for p in (0, 1)] == [False] * 4
@@ -257,24 +279,68 @@ async def test_lanes_are_not_planned_before_prepare() -> None:
     assert not rig.parking.holds(1)
     assert rig.log.end_offset_calls == [(TOPICS[0], (0, 1)), (TOPICS[1], (0, 1))]
     assert rig.log.writes == []
+    assert rig.transports[0].calls == []
+    assert rig.parking.due_in() == IDLE_POLL_S
+
+
+async def test_a_pause_before_prepare_is_stored_and_kept_by_the_plan() -> None:
+    rig = Rig()
+    rig.tables.parking[ONE, 1] = {"drained": 4, "paused": False}
+    rig.parking.pause(0, 1, True)
+    assert rig.tables.parking[ONE, 1] == {"drained": 4, "paused": True}  # its cursor kept
+    rig.log.seed(TOPICS[0], 1, [parked("b", n, 1) for n in range(6)], at=START)
+    await rig.parking.prepare()
+    assert rig.parking.parks(0, 1)
+    assert not rig.parking.parks(0, 0)
+    assert rig.transports[0].calls == []  # paused: not drained
+    status = rig.status(0)
+    assert (status.state, status.parked) == (DeliveryState.PAUSED, 2)
+
+
+async def test_records_parked_in_an_interim_lane_are_drained_in_order_after_the_plan() -> None:
+    rig = Rig()
+    # Parked before (by this worker or the partition's previous owner), not sent.
+    rig.log.seed(TOPICS[0], 0, [parked("a", 0), parked("a", 1)], at=START - 30)
+    rig.tables.parking[ONE, 0] = {"drained": 0, "paused": False}
+    # A batch before the lanes are read: parked, behind what the log holds.
+    assert rig.parking.parks(0, 0)
+    await rig.parking.park(0, [(0, parked("a", 2))])
+    assert rig.log.data(TOPICS[0], 0) == [b"a#0", b"a#1", b"a#2"]
+    assert rig.parking.parks(0, 0)  # the same interim lane
+    assert rig.transports[0].calls == []
+    # Interim lanes are never drained: only the plan's are.
+    rig.clock.advance(1)
+    assert rig.parking.due_in() == 0.0  # to read the lanes
+    await rig.parking.prepare()
+    assert rig.accepted() == [b"a#0", b"a#1", b"a#2"]
+    assert rig.tables.parking[ONE, 0] == {"drained": 3, "paused": False}
+    # The planned lane replaced the interim one: empty, direct.
+    assert not rig.parking.parks(0, 0)
+    assert rig.status(0).state is DeliveryState.DIRECT
+    assert rig.parking.due_in() == IDLE_POLL_S
 
 
 async def test_a_new_generation_is_read_when_prepared() -> None:
     rig = Rig()
     await rig.parking.prepare()
     rig.rebalance([1, 2])
+    rig.rebalancing = True
     # A batch taken before the rebalance still routes with the lanes it was
     # taken under (Faust waits for it before handing partitions over)...
     assert not rig.parking.parks(0, 1)
-    with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 2)  # ...but a partition never read has no lane yet
+    assert rig.parking.parks(0, 2)  # ...a partition never read is interim: it parks
+    rig.rebalancing = False
+    # Once the rebalance is over, the lanes read before it route nothing any more.
+    assert rig.parking.parks(0, 1)
     assert rig.parking.holds(0)
     assert rig.parking.due_in() == 0.0
     await rig.parking.prepare()
+    assert rig.log.end_offset_calls[-2:] == [(TOPICS[0], (1, 2)), (TOPICS[1], (1, 2))]
     assert not rig.parking.parks(0, 1)
     assert not rig.parking.parks(0, 2)
-    with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 0)  # not owned any more
+    assert not rig.parking.holds(0)
+    assert rig.parking.parks(0, 0)  # not owned any more: interim, never sent from here
+    assert rig.log.writes == []
 
 
 async def test_nothing_is_planned_while_a_rebalance_is_under_way() -> None:
@@ -284,8 +350,13 @@ async def test_nothing_is_planned_while_a_rebalance_is_under_way() -> None:
     await rig.parking.prepare()
     await rig.parking.run()
     assert rig.log.end_offset_calls == []
-    with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 0)
+    assert rig.log.reads == []
+    assert rig.parking.parks(0, 0)  # interim
+    assert rig.parking.due_in() == IDLE_POLL_S  # still not read while it lasts
+    rig.rebalancing = False
+    assert rig.parking.due_in() == 0.0
+    await rig.parking.prepare()
+    assert not rig.parking.parks(0, 0)
 
 
 async def test_a_rebalance_during_the_reading_leaves_it_unplanned() -> None:
@@ -297,10 +368,55 @@ async def test_a_rebalance_during_the_reading_leaves_it_unplanned() -> None:
 
     rig.log.on_end_offsets = rebalance_once
     await rig.parking.prepare()
-    with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 0)
+    assert rig.parking.parks(0, 0)  # interim: what was read may be another's
+    assert rig.parking.holds(0)
+    assert rig.transports[0].calls == []
     await rig.parking.prepare()  # read again, for the new generation
     assert not rig.parking.parks(0, 0)
+    assert not rig.parking.holds(0)
+
+
+async def test_a_failure_to_read_is_retried_later_and_interim_meanwhile() -> None:
+    rig = Rig()
+    rig.log.seed(TOPICS[0], 0, [parked("a", 0)], at=START)
+    rig.log.error = KafkaConnectionError()
+    await rig.parking.prepare()
+    assert rig.parking.parks(0, 0)  # its records are parked behind the log's
+    assert rig.transports[0].calls == []
+    calls = len(rig.log.end_offset_calls)
+    rig.log.error = None
+    assert 0.0 < rig.parking.due_in() <= IDLE_POLL_S
+    await rig.parking.prepare()  # within the backoff: nothing read
+    assert len(rig.log.end_offset_calls) == calls
+    rig.clock.advance(60)
+    assert rig.parking.due_in() == 0.0
+    await rig.parking.prepare()
+    assert rig.accepted() == [b"a#0"]
+    assert not rig.parking.parks(0, 0)
+
+
+async def test_a_destination_whose_log_cannot_be_read_does_not_stop_the_other() -> None:
+    rig = Rig()
+    rig.log.seed(TOPICS[0], 0, [parked("a", n) for n in range(3)], at=START - 5)
+    rig.log.seed(TOPICS[1], 1, [parked("b", n, 1) for n in range(2)], at=START - 5)
+    rig.log.unreadable[TOPICS[1]] = KafkaConnectionError()
+    await rig.parking.prepare()
+    # One is planned and drained...
+    assert rig.accepted(0) == [b"a#0", b"a#1", b"a#2"]
+    assert rig.tables.parking[ONE, 0] == {"drained": 3, "paused": False}
+    assert not rig.parking.parks(0, 0)
+    # ...two's records are parked behind its log until it is read.
+    assert rig.sent(1) == []
+    assert rig.parking.parks(1, 0)
+    assert rig.parking.parks(1, 1)
+    await rig.parking.park(1, [(1, parked("b", 2, 1))])
+    assert rig.parking.due_in() > 0.0  # read again after a backoff
+    del rig.log.unreadable[TOPICS[1]]
+    rig.clock.advance(60)
+    await rig.parking.prepare()
+    assert rig.accepted(1) == [b"b#0", b"b#1", b"b#2"]
+    assert not rig.parking.parks(1, 1)
+    assert rig.accepted(0) == [b"a#0", b"a#1", b"a#2"]  # nothing sent twice
 
 
 async def test_a_new_assignment_reads_the_table_and_the_logs_ends() -> None:
@@ -413,12 +529,21 @@ async def test_park_writes_each_partition_in_order_and_counts_the_backlog() -> N
     assert rig.transports[0].calls == []  # parking sends nothing itself
 
 
-async def test_park_refuses_a_partition_not_owned() -> None:
+async def test_a_partition_not_owned_is_parked_and_never_drained_here() -> None:
     rig = Rig(partitions=[0])
     await rig.parking.prepare()
-    with pytest.raises(NotPlanned):
-        await rig.parking.park(0, [(0, parked("a", 0)), (5, parked("b", 0, 5))])
-    assert rig.log.writes == []
+    await rig.parking.park(0, [(0, parked("a", 0)), (5, parked("b", 0, 5))])
+    # Written to its lane (its owner sends it), behind whatever that lane holds.
+    assert rig.log.data(TOPICS[0], 5) == [b"b#0"]
+    assert rig.parking.parks(0, 5)
+    assert rig.parking.due_in() == 0.0  # the lanes are read again
+    await rig.parking.run()
+    await rig.parking.run()
+    assert rig.accepted() == [b"a#0"]
+    assert [(d, p) for d, p, _ in rig.tables.writes] == [(ONE, 0)]
+    assert all(partition != 5 for _, partition, _, _ in rig.log.reads)
+    assert (TOPICS[0], 5, 1) not in rig.log.trims
+    assert rig.parking.parks(0, 5)
 
 
 # -- probe and drain ------------------------------------------------------------------------
@@ -670,8 +795,10 @@ async def test_a_partition_lost_during_a_slice_stores_nothing_for_it() -> None:
     rig.transports[0].on_call = None
     await rig.parking.prepare()
     assert not rig.parking.parks(0, 1)
-    with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 0)
+    assert rig.parking.parks(0, 0)  # interim: not this worker's lane any more
+    await rig.parking.run()
+    assert len(rig.transports[0].calls) == 1  # not sent again from here
+    assert rig.tables.writes == []
 
 
 async def test_lanes_no_longer_owned_are_not_sent_when_planning_is_interrupted() -> None:
@@ -706,11 +833,7 @@ async def test_records_stored_by_a_write_that_failed_are_not_sent_after_newer_on
     rig.clock.advance(PROBE_S)
     await rig.parking.prepare()
     await rig.parking.run()
-    try:
-        direct = not rig.parking.parks(0, 0)
-    except NotPlanned:
-        await rig.parking.prepare()
-        direct = not rig.parking.parks(0, 0)
+    direct = not rig.parking.parks(0, 0)
     retried = [parked("a", 1), parked("a", 2)]
     if direct:  # as the pipeline routes them
         await rig.writers[0].put_all([p.record for p in retried])
