@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.harness import (
     SEG_A,
@@ -110,12 +111,16 @@ def violations(found: dict[str, list[str]]) -> list[str]:
 async def parking_offsets(stack: Stack, topic: str) -> str:
     """ "empty" when every partition's first offset is its end (all records deleted),
     else the offsets."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
     await consumer.start()
     try:
-        await consumer.topics()  # metadata of every topic, ours included
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         assert tps, f"no parking topic {topic}"
         first = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)

@@ -466,20 +466,115 @@ async def test_prepare_drains_a_slice_once_planned() -> None:
     assert not rig.parking.parks(0, 0)
 
 
-async def test_a_failure_to_read_is_retried_later_and_unplanned_meanwhile() -> None:
+async def test_prepare_does_not_raise_when_the_assignment_cannot_be_read() -> None:
+    """BUG: ``due_in`` and ``run`` never raise when the assignment callable does,
+    but ``prepare`` calls it unguarded, and the batch loop (worker.batching)
+    awaits ``prepare`` outside any ``try``: the batch loop stops (the worker
+    exits). Backfiller.prepare guards the same call; Parking.prepare runs first."""
     rig = Rig()
-    rig.log.error = KafkaConnectionError()
+    rig.assignment_error = RuntimeError("faust's state is not there yet")
     await rig.parking.prepare()
-    with pytest.raises(NotPlanned):
-        rig.parking.parks(0, 0)
-    calls = len(rig.log.end_offset_calls)
-    rig.log.error = None
-    assert 0.0 < rig.parking.due_in() <= IDLE_POLL_S
-    await rig.parking.prepare()  # within the backoff: nothing read
-    assert len(rig.log.end_offset_calls) == calls
-    rig.clock.advance(60)
+    rig.assignment_error = None
     await rig.parking.prepare()
     assert not rig.parking.parks(0, 0)
+
+
+async def test_an_unreadable_log_does_not_hold_the_other_destinations_draining() -> None:
+    """BUG: after a plan that could not read one destination's log, ``due_in``
+    answers the plan's backoff (up to BACKOFF_MAX_S) before looking at the other
+    destinations: their draining lanes and due probes wait for it, then get one
+    DRAIN_BUDGET_S each retry, while every new record of theirs is parked."""
+    rig = Rig()
+    rig.log.unreadable[TOPICS[1]] = KafkaConnectionError()
+    await rig.parking.prepare()
+    await rig.parking.park(0, [(0, parked("a", 0))])  # one's stream refused a batch
+    assert rig.parking.due_in() == 0.0  # one's lane is to drain
+    await rig.parking.run()
+    assert rig.accepted() == [b"a#0"]
+
+
+async def test_a_destination_whose_log_cannot_be_read_holds_its_backfills() -> None:
+    """BUG: once planned, a destination whose log could not be read has no lanes
+    and counts as empty: ``holds`` is False (no fault), so worker.backfill sends
+    its slices direct while the log may hold parked records not sent yet (a
+    backfill record overtakes a parked record of its profile). Its status also
+    says DIRECT with nothing parked, and a due probe clears its fault untried."""
+    rig = Rig()
+    rig.log.seed(TOPICS[1], 0, [parked("a", 0)], at=START - 5)
+    rig.log.unreadable[TOPICS[1]] = KafkaConnectionError()
+    await rig.parking.prepare()
+    assert not rig.parking.holds(0)
+    assert rig.parking.parks(1, 0)
+    assert rig.parking.holds(1)
+
+
+async def test_a_record_parked_in_an_interim_lane_of_a_topic_created_again_is_sent() -> None:
+    """BUG (a record lost): the parking topic was created again (empty), the table
+    still says drained=10. An interim lane takes drained=10 from the table; the
+    record is written at offset 0 (park lowers the lane's cursor in memory only).
+    The plan then reads end=1 and clamps drained to min(10, 1) = 1: the record
+    counts as sent, is never sent, and the lane goes direct. (The same happens if
+    anything replans between a park and the first slice of a planned lane: the
+    clamped cursor is never stored.)"""
+    rig = Rig()
+    rig.tables.parking[ONE, 0] = {"drained": 10, "paused": False}
+    assert rig.parking.parks(0, 0)  # interim
+    await rig.parking.park(0, [(0, parked("a", 0))])
+    assert rig.log.data(TOPICS[0], 0) == [b"a#0"]
+    await rig.parking.prepare()
+    await rig.parking.run()
+    assert rig.accepted() == [b"a#0"]
+
+
+def interrupt_next_plan(rig: Rig, begin: Callable[[], None]) -> None:
+    """The next reading of the lanes sees a rebalance begin (``begin``)."""
+
+    def once() -> None:
+        rig.log.on_end_offsets = None
+        begin()
+
+    rig.log.on_end_offsets = once
+
+
+async def test_an_interim_lane_keeps_parking_once_a_rebalance_begins() -> None:
+    """BUG (reordering): ``_lane`` prefers the planned lanes whenever a rebalance
+    is under way, even when they were read for an older generation than the
+    batch in flight, and even when that batch's records were parked in an
+    interim lane: the next record of the partition goes direct, ahead of the
+    parked one."""
+    rig = Rig()
+    await rig.parking.prepare()  # generation 1
+    rig.rebalance([0, 1])  # generation 2: its plan is interrupted by generation 3,
+    interrupt_next_plan(rig, lambda: rig.rebalance([0, 1]))  # which is quickly over
+    await rig.parking.prepare()
+    assert rig.parking.parks(0, 0)  # a batch of generation 3: interim
+    await rig.parking.park(0, [(0, parked("a", 0))])
+    rig.generation += 1  # the next rebalance begins, the batch in flight goes on
+    rig.rebalancing = True
+    assert rig.parking.parks(0, 0), "a#1 would go direct, ahead of the parked a#0"
+
+
+async def test_lanes_read_generations_ago_do_not_route_during_a_rebalance() -> None:
+    """BUG (reordering): the lanes route during a rebalance whatever generation
+    they were read at. Partition 0 went to another worker (which parked a record
+    in its lane) and came back; the plan for it was interrupted by the next
+    rebalance: the batch in flight routes with this worker's lane of generation
+    1, which knows nothing of the record parked since, and goes direct."""
+    rig = Rig(partitions=[0])
+    await rig.parking.prepare()  # generation 1
+    rig.rebalance([1])  # generation 2: partition 0 goes to another worker...
+    interrupt_next_plan(rig, lambda: rig.rebalance([0]))  # (generation 3: back here)
+    await rig.parking.prepare()
+    rig.log.seed(TOPICS[0], 0, [parked("x", 0)], at=START)  # ...which parked x#0 there
+    rig.tables.parking[ONE, 0] = {"drained": 0, "paused": False}
+
+    def begin() -> None:
+        rig.generation += 1
+        rig.rebalancing = True
+
+    interrupt_next_plan(rig, begin)
+    await rig.parking.prepare()  # generation 3's plan, interrupted by generation 4
+    assert rig.parking.parks(0, 0), "x#1 would go direct, ahead of the parked x#0"
 
 
 # -- routing --------------------------------------------------------------------------------
@@ -542,8 +637,39 @@ async def test_a_partition_not_owned_is_parked_and_never_drained_here() -> None:
     assert rig.accepted() == [b"a#0"]
     assert [(d, p) for d, p, _ in rig.tables.writes] == [(ONE, 0)]
     assert all(partition != 5 for _, partition, _, _ in rig.log.reads)
-    assert (TOPICS[0], 5, 1) not in rig.log.trims
+    assert all(partition != 5 for _, partition, _ in rig.log.trims)
     assert rig.parking.parks(0, 5)
+
+
+async def test_park_waits_for_every_write_before_raising_the_failure() -> None:
+    """A write that lands after the failure is raised could land after the log's
+    end is read again for the retry: the lane would not count it."""
+    rig = Rig()
+    await rig.parking.prepare()
+    gate = asyncio.Event()
+    rig.log.write_gates[TOPICS[0], 1] = gate
+    rig.log.write_errors[TOPICS[0], 0] = KafkaTimeoutError()
+    parking = asyncio.create_task(
+        rig.parking.park(0, [(0, parked("a", 0)), (1, parked("b", 0, 1))])
+    )
+    for _ in range(10):
+        await asyncio.sleep(0)
+    raised_early = parking.done()  # partition 0 failed, partition 1 is still writing
+    assert rig.log.writes == []
+    gate.set()
+    with pytest.raises(KafkaTimeoutError):
+        await parking
+    assert not raised_early
+    assert rig.log.data(TOPICS[0], 1) == [b"b#0"]
+    # Until the lanes are read again, both count as holding records.
+    assert rig.parking.parks(0, 0)
+    assert rig.parking.parks(0, 1)
+    del rig.log.write_errors[TOPICS[0], 0]
+    assert rig.parking.due_in() == 0.0
+    await rig.parking.prepare()
+    assert rig.accepted() == [b"b#0"]
+    assert not rig.parking.parks(0, 0)
+    assert not rig.parking.parks(0, 1)
 
 
 # -- probe and drain ------------------------------------------------------------------------
@@ -929,6 +1055,20 @@ async def test_statuses_follow_the_destinations_states() -> None:
     assert rig.status(0).state is DeliveryState.DIRECT
 
 
+async def test_due_in_polls_when_the_assignment_cannot_be_read() -> None:
+    rig = Rig()
+    await rig.parking.prepare()
+    rig.parking.failed(0, "ResourceNotFoundException: stream gone")
+    rig.clock.advance(PROBE_S)
+    rig.assignment_error = RuntimeError("faust's state is not there yet")
+    assert rig.parking.due_in() == IDLE_POLL_S
+    await rig.parking.run()  # never raises either: retried after a backoff
+    assert rig.transports[0].calls == []
+    rig.assignment_error = None
+    rig.clock.advance(IDLE_POLL_S)
+    assert rig.parking.due_in() == 0.0  # the probe
+
+
 async def test_holds_while_anything_of_the_destination_is_parked_or_would_be() -> None:
     rig = Rig()
     assert rig.parking.holds(0)  # not planned
@@ -973,6 +1113,20 @@ async def test_draining_stops_for_the_next_batch_once_the_budget_is_spent() -> N
     await rig.parking.run()
     assert len(rig.accepted()) == SLICE * 2 + 10
     assert rig.log.trims == [(TOPICS[0], 0, SLICE * 2 + 10)]
+
+
+async def test_the_budget_is_checked_after_each_slice_not_each_round() -> None:
+    rig = Rig(partitions=[0, 1, 2])
+    await rig.parking.prepare()
+    await rig.parking.park(
+        0, [(p, parked(f"k{p}.{n}", n, p)) for p in (0, 1, 2) for n in range(SLICE + 1)]
+    )
+    rig.transports[0].on_call = lambda _batch: rig.clock.advance(DRAIN_BUDGET_S)
+    await rig.parking.run()
+    assert [len(call.records) for call in rig.transports[0].calls] == [SLICE]
+    assert rig.status(0).parked == 2 * SLICE + 3
+    await rig.parking.run()
+    assert len(rig.transports[0].calls) == 2
 
 
 async def test_a_trim_that_fails_costs_nothing_but_the_space() -> None:

@@ -32,7 +32,7 @@ from tests.unit.test_pipeline import (
 from worker.control import Action, encode_command
 from worker.kinesis import KinesisWriter, PutReply, Record, TransportError, WriterConfig
 from worker.membership import SegmentState
-from worker.parking import NotPlanned, Parking
+from worker.parking import Parking
 from worker.pipeline import BatchProcessor, Destination, InputMessage, Parked, Router
 from worker.vocabulary import DeliveryState, ExportStatus
 
@@ -115,11 +115,26 @@ def check_router(parking: Parking) -> Router:
     return parking  # mypy checks Parking against the pipeline's protocol
 
 
-async def test_records_are_not_routed_before_the_lanes_are_planned(pworld: ParkingWorld) -> None:
-    with pytest.raises(NotPlanned):
-        await pworld.run(pworld.q("p1", SEG_A, "realized", T0))
-    assert pworld.tables.writes == []
-    assert pworld.one == []
+async def test_records_are_parked_until_the_lanes_are_planned(pworld: ParkingWorld) -> None:
+    """Before its lanes are read, a batch is not held (a rebalance waits for it):
+    its records are parked behind whatever the logs hold, none sent direct."""
+    earlier = Parked(Record(b"{}", "p0"), ExportStatus.REALIZED, {}, b"p0")
+    pworld.log.seed(TOPICS[0], 3, [earlier], at=pworld.clock())
+    report = await pworld.run(pworld.q("p1", SEG_B, "realized", T0, ECID_MAP))
+    assert [p.key for p in pworld.lane(0, 3)] == [b"p0", b"p1"]
+    assert [p.key for p in pworld.lane(1, 3)] == [b"p1"]
+    assert pworld.refusing[0].attempts == []
+    assert pworld.refusing[1].attempts == []
+    # The batch is done all the same.
+    assert report.exports == 0
+    assert pworld.dead_letters.sent == []
+    assert pworld.tables.states("p1") == {SEG_B: SegmentState(True, at(T0))}
+    # Once planned, the lanes are drained in order, then go direct.
+    await pworld.parking.prepare()
+    assert [key for _, key in pworld.one] == ["p0", ECID]
+    assert len(pworld.two) == 1
+    assert not pworld.parking.parks(0, 3)
+    assert not pworld.parking.parks(1, 3)
 
 
 async def test_a_refusing_stream_has_its_records_parked_the_other_takes_its_own(
