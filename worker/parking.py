@@ -163,6 +163,10 @@ class Parking:
         self._faults: list[_Fault | None] = [None for _ in self._destinations]
         # A destination whose parking log failed is left alone until then.
         self._held_until = [0.0 for _ in self._destinations]
+        # Destinations whose lanes the last plan could not read; read again at _plan_at.
+        self._unread: set[int] = set()
+        self._plan_at = 0.0
+        self._plan_failures = 0
         self._retry_at = 0.0
         self._failures = 0
         self._reported_at = 0.0
@@ -176,20 +180,23 @@ class Parking:
         """The lane of an event's partition, for a batch.
 
         Lanes read for the current assignment, or, while a rebalance is under
-        way, for the one before: Faust waits for the batch in flight before it
-        hands its partitions over, so they are still this worker's. Routing
+        way, for the one just before it: Faust waits for the batch in flight
+        before it hands its partitions over, so they are still this worker's. Routing
         never waits for lanes to be read (a batch waiting for the next
         assignment would hold the rebalance forever): a lane not read is
         provisional, with its cursor and pause from the table, and counts as
         holding records until the log's end is read, so its records are parked
         behind whatever the log holds.
         """
-        current = self._planned is not None and (
-            self._planned == self._generation() or self._assignment() is None
-        )
-        lane = self._lanes[index].get(partition) if current else None
-        if lane is None:
-            lane = self._interim.get((index, partition))
+        lane = self._interim.get((index, partition))
+        if lane is None and self._planned is not None:
+            try:
+                generation = self._generation()
+                during = self._planned == generation - 1 and self._assignment() is None
+            except Exception:  # Faust's state unreadable: an interim lane, which parks
+                generation, during = -1, False
+            if self._planned == generation or during:
+                lane = self._lanes[index].get(partition)
         if lane is None:
             stored = self._tables.get_parking(self._destinations[index].name, partition) or {}
             drained = int(stored.get("drained", 0))
@@ -208,6 +215,8 @@ class Parking:
         """Whether any record of the destination is parked or would be (backfills wait)."""
         if self._planned is None or self._planned != self._generation():
             return True
+        if index in self._unread or any(i == index for i, _ in self._interim):
+            return True  # its log may hold records not read yet
         lanes = self._lanes[index].values()
         return self._faults[index] is not None or any(lane.paused or lane.backlog for lane in lanes)
 
@@ -263,7 +272,12 @@ class Parking:
                 lane.oldest = now
             lane.end = max(lane.end, offsets[-1] + 1)
             if lane.drained > offsets[0]:
-                lane.drained = offsets[0]  # never: the log's end was read at planning
+                # The log starts again below the stored cursor (a topic created
+                # again): the cursor follows, stored with the batch's state, so
+                # that no plan takes these records for sent.
+                lane.drained = offsets[0]
+                lane.sent.clear()
+                self._tables.put_parking(self._destinations[index].name, lane.stored(), partition)
             metrics.PARKED.labels(destination=self._destinations[index].name).inc(len(chunk))
         self._report()
 
@@ -348,10 +362,15 @@ class Parking:
         return sorted(p for p, lane in lanes.items() if lane.backlog and not lane.paused)
 
     async def prepare(self) -> None:
-        """Before each batch: the lanes of a new assignment are read first."""
-        if self._clock() < self._retry_at:
+        """Before each batch: the lanes of a new assignment are read first. Never
+        raises (a batch without them parks, see ``_lane``)."""
+        try:
+            if self._clock() < self._retry_at:
+                return
+            assignment = self._assignment()
+        except Exception as exc:
+            log_failure("parking (before a batch)", exc, IDLE_POLL_S)
             return
-        assignment = self._assignment()
         if assignment is not None and self._stale(assignment[0]):
             await self.run()
 
@@ -398,6 +417,8 @@ class Parking:
             await self._trim(index, partition, before)
 
     async def _probe_or_drain(self, index: int) -> None:
+        if index in self._unread:
+            return  # its lanes are not read: nothing to send, no probe to judge by
         fault = self._faults[index]
         drainable = self._drainable(index)
         if fault is None:
@@ -461,7 +482,7 @@ class Parking:
         )
 
     def _stale(self, generation: int) -> bool:
-        return self._replan or generation != self._planned
+        return generation != self._planned or (self._replan and self._clock() >= self._plan_at)
 
     async def _plan(self, generation: int, partitions: frozenset[int]) -> None:
         """Reads each destination's lanes: cursor and pause from the table, end
@@ -469,12 +490,12 @@ class Parking:
         records are parked in interim lanes, see ``_lane``) and is read again
         after a backoff; the others are planned."""
         lanes: list[dict[int, _Lane]] = []
-        unread: list[tuple[str, Exception]] = []
+        unread: list[tuple[int, str, Exception]] = []
         for index, destination in enumerate(self._destinations):
             try:
                 mine = await self._read_lanes(index, partitions)
             except Exception as failure:
-                unread.append((destination.name, failure))
+                unread.append((index, destination.name, failure))
                 mine = {}
             lanes.append(mine)
         if generation != self._generation():
@@ -483,12 +504,15 @@ class Parking:
         self._interim.clear()
         self._planned = generation
         self._replan = bool(unread)
+        self._unread = {index for index, _, _ in unread}
         if unread:
-            self._failures += 1
-            delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
-            self._retry_at = self._clock() + delay
-            for name, problem in unread:
+            self._plan_failures += 1
+            delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._plan_failures, 6))
+            self._plan_at = self._clock() + delay  # the others drain meanwhile
+            for _, name, problem in unread:
                 log_failure(f"reading the parking lanes of {name}", problem, delay)
+        else:
+            self._plan_failures = 0
 
     async def _read_lanes(self, index: int, partitions: frozenset[int]) -> dict[int, _Lane]:
         destination = self._destinations[index]
@@ -501,6 +525,8 @@ class Parking:
             # past its end was sent from the old one.
             drained = min(int(stored.get("drained", 0)), end)
             lane = _Lane(drained, end, bool(stored.get("paused", False)))
+            if drained < int(stored.get("drained", 0)):
+                self._tables.put_parking(destination.name, lane.stored(), partition)
             if lane.backlog:
                 first = await self._log.read(self._topics[index], partition, drained, 1)
                 lane.oldest = first[0].timestamp if first else self._clock()
