@@ -181,10 +181,10 @@ class Parking:
 
         Lanes read for the current assignment, or, while a rebalance is under
         way, for the one just before it: Faust waits for the batch in flight
-        before it hands its partitions over, so they are still this worker's. Routing
-        never waits for lanes to be read (a batch waiting for the next
+        before it hands its partitions over, so they are still this worker's.
+        Routing never waits for lanes to be read (a batch waiting for the next
         assignment would hold the rebalance forever): a lane not read is
-        provisional, with its cursor and pause from the table, and counts as
+        *interim*, with its cursor and pause from the table, and counts as
         holding records until the log's end is read, so its records are parked
         behind whatever the log holds.
         """
