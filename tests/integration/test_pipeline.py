@@ -566,12 +566,17 @@ def test_memory_stays_flat_during_a_throttling_storm(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Kinesis throttles every record for 60 s while events keep coming: the worker
-    stops reading at its buffer bound, its RSS stays flat, and nothing is lost."""
+    stops reading at its buffer bound, its RSS stays flat, and nothing is lost.
+    The destinations are set never to park in time (park_after_s over the storm):
+    this is the bound while a batch waits for its streams (parked, the worker
+    would go on reading and its tables grow with the new profiles)."""
     buffer = 4 * 1024 * 1024
     with (
         Deployment(stack, unique("it-storm"), tmp_path, partitions=2) as deployment,
         ProxyThread(stack.kinesis_endpoint) as proxy,
     ):
+        for destination in deployment.destinations:
+            destination["park_after_s"] = 300
         # Many events per batch: the byte bound, not the event count, must hold.
         worker = deployment.worker(
             endpoint_url=proxy.url, max_buffer_bytes=buffer, batch_max_events=50_000
