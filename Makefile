@@ -73,7 +73,7 @@ integration: venv
 	$(WITH_STACK) $(PY) -m pytest tests/integration -q
 
 test: lint tools deploy-tools
-	$(WITH_STACK) $(PY) -m pytest tests -q -p no:cacheprovider
+	$(WITH_STACK) $(PY) -m pytest tests -q -p no:cacheprovider --durations=15
 
 demo: venv
 	$(WITH_STACK) $(PY) -m deploy.local.demo

@@ -42,7 +42,7 @@ from tests.support import (
 )
 
 RATE = 100.0  # events/s: 50 profiles enter, 50 leave
-PROFILES = 5000
+PROFILES = 3600  # 72 s of load at RATE: through the whole outage (from 10 s to 70 s)
 LAG = 100  # a profile leaves 100 slots (1 s) after it entered
 OUTAGE_S = 60.0
 T0 = "2021-06-01T00:00:00Z"
