@@ -40,7 +40,7 @@ from worker.activation import (
     plan,
     request,
 )
-from worker.batching import log_failure
+from worker.batching import backoff_s, log_failure
 from worker.budget import MemoryBudget
 from worker.deadletters import DeadLetter
 from worker.errors import RetryLater
@@ -60,7 +60,6 @@ SLICE_SECONDS = 0.2
 # Members listed between two turns of the event loop while a job is listed.
 LIST_CHUNK = 2000
 PROGRESS_INTERVAL_S = 10.0
-BACKOFF_MAX_S = 30.0
 # Polled this often while idle, to see a new assignment.
 IDLE_POLL_S = 1.0
 # The table key (empty destination) that marks a partition as planned.
@@ -403,7 +402,7 @@ class Backfiller:
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
-        delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
+        delay = backoff_s(self._failures)
         self._retry_at = self._clock() + delay
         self._generation = None  # planned again from the stored state
         log_failure("backfill slice", exc, delay)

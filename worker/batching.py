@@ -98,6 +98,15 @@ def is_outage(exc: BaseException) -> bool:
     return False
 
 
+# Retries of work that failed back off up to this long (worker.backfill, worker.parking).
+BACKOFF_MAX_S = 30.0
+
+
+def backoff_s(failures: int, cap_s: float = BACKOFF_MAX_S) -> float:
+    """How long to wait after ``failures`` failures in a row: 1 s, 2 s, 4 s... to ``cap_s``."""
+    return min(cap_s, 0.5 * 2.0 ** min(failures, 6))
+
+
 def log_failure(what: str, exc: BaseException, retry_s: float) -> None:
     """A failure of work between batches (backfill, parking), retried later: an
     outage is a warning; anything else an error, with its traceback (without
@@ -328,7 +337,7 @@ class BatchRunner:
                 failure,
                 attempt,
             )
-            await asyncio.sleep(min(self._backoff_max_s, 0.5 * 2 ** min(attempt, 6)))
+            await asyncio.sleep(backoff_s(attempt, self._backoff_max_s))
 
     async def _dead_letter(self, message: InputMessage, failure: Exception) -> bool:
         """Dead-letters the poison event; False when that failed too (retry)."""

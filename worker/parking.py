@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from worker import metrics
 from worker.backfill import DRAIN_PATIENCE_S
-from worker.batching import log_failure
+from worker.batching import backoff_s, log_failure
 from worker.errors import RetryLater
 from worker.pipeline import DeadLetterSink, Destination, Parked, rejected_letter
 from worker.vocabulary import DeliveryState, ExportStatus
@@ -57,7 +57,6 @@ IDLE_POLL_S = 1.0
 REPORT_EVERY_S = 1.0
 # Between two batches, draining lanes go on for this long.
 DRAIN_BUDGET_S = 0.25
-BACKOFF_MAX_S = 30.0
 
 
 class ParkingLog(Protocol):
@@ -380,12 +379,13 @@ class Parking:
         raised into the batch loop."""
         try:
             await self._run()
-            self._failures = 0 if not self._replan else self._failures
+            if not self._replan:
+                self._failures = 0
         except NotPlanned:
             self._replan = True  # a rebalance began: read again once it is over
         except Exception as exc:
             self._failures += 1
-            delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures, 6))
+            delay = backoff_s(self._failures)
             self._retry_at = self._clock() + delay
             self._replan = True  # read again from the table and Kafka
             log_failure("parking", exc, delay)
@@ -408,7 +408,7 @@ class Parking:
                 raise
             except Exception as exc:
                 # This destination's parking log, not the others'.
-                delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._failures + 1, 6))
+                delay = backoff_s(self._failures + 1)
                 self._held_until[index] = self._clock() + delay
                 log_failure(f"parking of {self._destinations[index].name}", exc, delay)
         await self._tables.flush()
@@ -507,7 +507,7 @@ class Parking:
         self._unread = {index for index, _, _ in unread}
         if unread:
             self._plan_failures += 1
-            delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self._plan_failures, 6))
+            delay = backoff_s(self._plan_failures)
             self._plan_at = self._clock() + delay  # the others drain meanwhile
             for _, name, problem in unread:
                 log_failure(f"reading the parking lanes of {name}", problem, delay)
